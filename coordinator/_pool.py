@@ -1,0 +1,127 @@
+"""Thin sync and async drivers: run a ``PoolProtocol`` op's script, map errors, parse the reply."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import redis
+import redis.asyncio
+
+from ._errors import StoreUnavailableError
+from ._protocol import Op, PoolProtocol
+from ._types import FailoverEvent, FailureResult, ParkResult, Selection, Snapshot, SuccessResult
+
+T = TypeVar("T")
+
+
+def _reraise(proto: PoolProtocol, exc: redis.RedisError) -> None:
+    if isinstance(exc, redis.ResponseError):
+        mapped = proto.translate_error(str(exc))
+        if mapped is not None:
+            raise mapped from None
+        raise exc
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        raise StoreUnavailableError(f"pool {proto.name!r}: Redis unavailable: {exc}") from exc
+    raise exc
+
+
+class Pool:
+    """One pool's shared state, seen from a sync worker. Get it from ``Coordinator.pool(name)``."""
+
+    def __init__(self, proto: PoolProtocol, client: redis.Redis, scripts: dict[str, Any]) -> None:
+        self._proto = proto
+        self._client = client
+        self._scripts = scripts
+        self.name = proto.name
+        self.config = proto.config
+
+    def _run(self, op: Op[T]) -> T:
+        script = self._scripts[op.script]
+        try:
+            data = self._proto.decode(script(keys=op.keys, args=self._proto.argv(op, False)))
+            if self._proto.needs_spec(data):
+                data = self._proto.decode(script(keys=op.keys, args=self._proto.argv(op, True)))
+        except redis.RedisError as exc:
+            _reraise(self._proto, exc)
+        return op.parse(data)
+
+    def acquire(self) -> Selection:
+        return self._run(self._proto.acquire())
+
+    def report_failure(self, selection: Selection, kind: str, retry_after: float | None = None) -> FailureResult:
+        return self._run(self._proto.report_failure(selection, kind, retry_after))
+
+    def report_success(self, selection: Selection) -> SuccessResult:
+        return self._run(self._proto.report_success(selection))
+
+    def park(self, member_id: str, seconds: float | None = None, reason: str = "") -> ParkResult:
+        return self._run(self._proto.park(member_id, seconds, reason))
+
+    def unpark(self, member_id: str) -> ParkResult:
+        return self._run(self._proto.unpark(member_id))
+
+    def rotate(self, reason: str = "manual", seconds: float | None = None) -> ParkResult:
+        return self._run(self._proto.rotate(seconds, reason))
+
+    def snapshot(self) -> Snapshot:
+        return self._run(self._proto.snapshot())
+
+    def events(self, limit: int = 100) -> list[FailoverEvent]:
+        """The newest ``limit`` events, oldest first."""
+        try:
+            entries = self._client.xrevrange(self._proto.events_key, count=limit)
+        except redis.RedisError as exc:
+            _reraise(self._proto, exc)
+        return self._proto.parse_events(list(reversed(entries)))
+
+
+class AsyncPool:
+    """One pool's shared state, seen from an asyncio worker. Same API as ``Pool``, awaitable."""
+
+    def __init__(self, proto: PoolProtocol, client: redis.asyncio.Redis, scripts: dict[str, Any]) -> None:
+        self._proto = proto
+        self._client = client
+        self._scripts = scripts
+        self.name = proto.name
+        self.config = proto.config
+
+    async def _run(self, op: Op[T]) -> T:
+        script = self._scripts[op.script]
+        try:
+            data = self._proto.decode(await script(keys=op.keys, args=self._proto.argv(op, False)))
+            if self._proto.needs_spec(data):
+                data = self._proto.decode(await script(keys=op.keys, args=self._proto.argv(op, True)))
+        except redis.RedisError as exc:
+            _reraise(self._proto, exc)
+        return op.parse(data)
+
+    async def acquire(self) -> Selection:
+        return await self._run(self._proto.acquire())
+
+    async def report_failure(
+        self, selection: Selection, kind: str, retry_after: float | None = None
+    ) -> FailureResult:
+        return await self._run(self._proto.report_failure(selection, kind, retry_after))
+
+    async def report_success(self, selection: Selection) -> SuccessResult:
+        return await self._run(self._proto.report_success(selection))
+
+    async def park(self, member_id: str, seconds: float | None = None, reason: str = "") -> ParkResult:
+        return await self._run(self._proto.park(member_id, seconds, reason))
+
+    async def unpark(self, member_id: str) -> ParkResult:
+        return await self._run(self._proto.unpark(member_id))
+
+    async def rotate(self, reason: str = "manual", seconds: float | None = None) -> ParkResult:
+        return await self._run(self._proto.rotate(seconds, reason))
+
+    async def snapshot(self) -> Snapshot:
+        return await self._run(self._proto.snapshot())
+
+    async def events(self, limit: int = 100) -> list[FailoverEvent]:
+        """The newest ``limit`` events, oldest first."""
+        try:
+            entries = await self._client.xrevrange(self._proto.events_key, count=limit)
+        except redis.RedisError as exc:
+            _reraise(self._proto, exc)
+        return self._proto.parse_events(list(reversed(entries)))

@@ -1,0 +1,87 @@
+-- acquire.lua: choose the member a request should use.
+--
+-- KEYS[1] pool state hash, KEYS[2] pool event stream
+-- ARGV[1..6] common (see lib.lua)
+-- ARGV[7]  lease id: random string, becomes the probe lease if this caller is granted a probe
+-- ARGV[8]  probe lease time to live, ms (priority strategy)
+-- ARGV[9]  failback_after, ms: how long a lower member must have been out of cooldown before a probe
+--
+-- Writes only on a transition (pointer moved, exhausted, recovered), a granted probe lease, or the
+-- round-robin cursor. Reply (JSON): common fields plus
+--   member      chosen member id ("" when every member is parked forever)
+--   degraded    true when the pool is exhausted and `member` is the soonest to recover
+--   retry_at    ms when `member` recovers (degraded), else -1
+--   lease       probe lease id when this caller holds the pool's half-open probe, else ""
+--   transitioned true when this call made a transition
+
+local S, err = load()
+if not S then return err end
+settle_pointer(S)
+local lease_id, probe_ttl, failback_after = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+local transitioned = false
+
+-- Leave an exhausted episode as soon as anything can serve again.
+if S.exhausted and any_available(S) then
+  set_exhausted(S, false)
+  local to = S.active
+  if S.strategy ~= 'round_robin' and not available(S, S.active) then
+    to = successor(S)
+    set_active(S, to)
+  end
+  emit(S, 'recovered', {to = to})
+  transitioned = true
+end
+
+local member, degraded, retry_at, lease = '', false, -1, ''
+
+if not any_available(S) then
+  if exhaust(S, {member = S.active}) then transitioned = true end
+  local id, t = soonest(S)
+  if t ~= math.huge then
+    member, degraded, retry_at = id, true, t
+  end
+elseif S.strategy == 'round_robin' then
+  local total = 0
+  for _, id in ipairs(S.ids) do
+    if available(S, id) then total = total + S.weights[id] end
+  end
+  -- The cursor only spreads load; it is not state anyone reads, so it changes no version.
+  local slot = S.rr % total
+  S.rr = S.rr + 1
+  redis.call('HSET', KEYS[1], 'rr', S.rr)
+  for _, id in ipairs(S.ids) do
+    if available(S, id) then
+      if slot < S.weights[id] then member = id break end
+      slot = slot - S.weights[id]
+    end
+  end
+else
+  if not available(S, S.active) then
+    local reason = 'cooling'
+    if ready_at(S, S.active) > 0 and S.m[S.active].parked_until ~= nil and S.m[S.active].parked_until > S.now then
+      reason = 'parked'
+    end
+    advance(S, 'failover', {reason = reason})
+    transitioned = true
+  end
+  member = S.active
+  if S.strategy == 'priority' then
+    local expires = tonumber(string.match(S.probe, '|(%d+)$')) or 0
+    if expires <= S.now then
+      for i = 1, S.pos[S.active] - 1 do
+        local id = S.ids[i]
+        if available(S, id) and S.now >= S.m[id].cooling_until + failback_after then
+          S.probe = id .. '|' .. lease_id .. '|' .. (S.now + probe_ttl)
+          S.set.probe = S.probe
+          S.changed = true
+          member, lease = id, lease_id
+          break
+        end
+      end
+    end
+  end
+end
+
+commit(S)
+return reply(S, {member = member, degraded = degraded, retry_at = retry_at, lease = lease,
+                 transitioned = transitioned})

@@ -1,0 +1,394 @@
+-- lib.lua: shared prelude, prepended by the Python loader to every other script in this folder.
+--
+-- Common layout of every script:
+--   KEYS[1]  pool state hash      e.g. coord:{openai}
+--   KEYS[2]  pool event stream    e.g. coord:{openai}:events
+--   ARGV[1]  change-notice channel (PUBLISH target; not a key)
+--   ARGV[2]  pool name
+--   ARGV[3]  membership digest (hex) of strategy + member ids + weights; "*" accepts any (read-only)
+--   ARGV[4]  membership spec as JSON {"strategy":..,"members":[..],"weights":[..]}, or "" when the
+--            caller hopes the stored digest matches (reply {"need_spec":true} when it does not)
+--   ARGV[5]  random nonce: the epoch of the state if this call has to create it
+--   ARGV[6]  event stream cap (approximate MAXLEN, entries)
+--   ARGV[7..] script-specific, see each file's header
+--
+-- All times are integer milliseconds of Redis server time (TIME). The script reads and validates the
+-- whole state first, changes an in-memory copy, and writes everything at the end in `commit`, so a
+-- corrupt state is reported before anything is written (Redis has no rollback).
+--
+-- Hash fields (human-readable on purpose, see README "Redis key schema"):
+--   epoch generation version created strategy members weights digest active exhausted skip_until
+--   rr probe, and per member <id>:cooling_until <id>:cooling_kind <id>:failures <id>:ejections
+--   <id>:parked_until (ms or "forever") <id>:park_reason
+
+local FOREVER = 'forever'
+local STRATEGIES = {sticky = true, priority = true, round_robin = true}
+local NEED_SPEC = '{"need_spec":true}'
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function corrupt(what)
+  return redis.error_reply('COORD_CORRUPT ' .. KEYS[1] .. ' ' .. what)
+end
+
+-- Strict integer parse: tonumber() alone accepts "nan", "inf", "0x10" and " 12 ".
+local function int_field(h, field, default)
+  local v = h[field]
+  if v == nil or v == false then return default end
+  if type(v) ~= 'string' or not string.match(v, '^%-?%d+$') then return nil end
+  return tonumber(v)
+end
+
+local function split_csv(s)
+  local out = {}
+  if s == nil or s == '' then return out end
+  for part in string.gmatch(s, '[^,]+') do out[#out + 1] = part end
+  return out
+end
+
+local function read_member(S, h, id)
+  local m = {}
+  m.cooling_until = int_field(h, id .. ':cooling_until', 0)
+  m.failures = int_field(h, id .. ':failures', 0)
+  m.ejections = int_field(h, id .. ':ejections', 0)
+  if m.cooling_until == nil then return 'field ' .. id .. ':cooling_until is not an integer' end
+  if m.failures == nil then return 'field ' .. id .. ':failures is not an integer' end
+  if m.ejections == nil then return 'field ' .. id .. ':ejections is not an integer' end
+  local parked = h[id .. ':parked_until']
+  if parked == nil then
+    m.parked_until = nil
+  elseif parked == FOREVER then
+    m.parked_until = math.huge
+  else
+    m.parked_until = int_field(h, id .. ':parked_until', nil)
+    if m.parked_until == nil then return 'field ' .. id .. ':parked_until is neither an integer nor "forever"' end
+  end
+  m.park_reason = h[id .. ':park_reason'] or ''
+  m.cooling_kind = h[id .. ':cooling_kind'] or ''
+  S.m[id] = m
+  return nil
+end
+
+local function set_members(S, ids, weights)
+  S.ids = ids
+  S.pos = {}
+  S.weights = {}
+  for i, id in ipairs(ids) do
+    S.pos[id] = i
+    S.weights[id] = tonumber(weights[i]) or 1
+  end
+end
+
+
+
+-- Loads and validates the pool. Returns S, or nil plus a reply to send back unchanged.
+local function load()
+  local t1 = redis.call('TYPE', KEYS[1]).ok
+  if t1 ~= 'hash' and t1 ~= 'none' then return nil, corrupt('has type ' .. t1 .. ', expected hash') end
+  local t2 = redis.call('TYPE', KEYS[2]).ok
+  if t2 ~= 'stream' and t2 ~= 'none' then
+    return nil, redis.error_reply('COORD_CORRUPT ' .. KEYS[2] .. ' has type ' .. t2 .. ', expected stream')
+  end
+  local S = {now = now_ms(), set = {}, del = {}, events = {}, changed = false, created = false, m = {}}
+  local flat = redis.call('HGETALL', KEYS[1])
+  local h = {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  local spec_json = ARGV[4]
+  local digest = ARGV[3]
+
+  if t1 == 'none' then
+    if spec_json == '' then return nil, NEED_SPEC end
+  else
+    if h.epoch == nil or h.epoch == '' then return nil, corrupt('has no epoch') end
+    S.epoch = h.epoch
+    S.generation = int_field(h, 'generation', nil)
+    S.version = int_field(h, 'version', nil)
+    S.rr = int_field(h, 'rr', 0)
+    S.skip_until = int_field(h, 'skip_until', 0)
+    S.created_at = int_field(h, 'created', 0)
+    if S.generation == nil then return nil, corrupt('field generation is not an integer') end
+    if S.version == nil then return nil, corrupt('field version is not an integer') end
+    if S.rr == nil then return nil, corrupt('field rr is not an integer') end
+    if S.skip_until == nil then return nil, corrupt('field skip_until is not an integer') end
+    if S.created_at == nil then return nil, corrupt('field created is not an integer') end
+    S.strategy = h.strategy
+    if not STRATEGIES[S.strategy or ''] then return nil, corrupt('field strategy is not a known strategy') end
+    local ids = split_csv(h.members)
+    if #ids == 0 then return nil, corrupt('field members is empty') end
+    set_members(S, ids, split_csv(h.weights))
+    for _, id in ipairs(ids) do
+      local problem = read_member(S, h, id)
+      if problem then return nil, corrupt(problem) end
+    end
+    S.active = h.active or ''
+    if S.active ~= '' and S.pos[S.active] == nil then return nil, corrupt('field active names no member') end
+    if S.strategy ~= 'round_robin' and S.active == '' then return nil, corrupt('field active is empty') end
+    S.exhausted = h.exhausted == '1'
+    S.probe = h.probe or ''
+    S.digest = h.digest or ''
+    if digest ~= '*' and S.digest ~= digest and spec_json == '' then return nil, NEED_SPEC end
+  end
+
+  if spec_json ~= '' and (t1 == 'none' or S.digest ~= digest) then
+    -- New pool, or the workers' configuration changed its members or strategy.
+    local ok, spec = pcall(cjson.decode, spec_json)
+    if not ok or type(spec) ~= 'table' or type(spec.members) ~= 'table' or #spec.members == 0
+        or not STRATEGIES[spec.strategy or ''] then
+      return nil, redis.error_reply('COORD_BAD_ARGUMENT membership spec is not valid')
+    end
+    local old_ids = S.ids or {}
+    set_members(S, spec.members, spec.weights or {})
+    for _, id in ipairs(old_ids) do
+      if S.pos[id] == nil then
+        for _, suffix in ipairs({':cooling_until', ':cooling_kind', ':failures', ':ejections',
+                                 ':parked_until', ':park_reason'}) do
+          S.del[id .. suffix] = true
+        end
+      end
+    end
+    for _, id in ipairs(S.ids) do
+      if S.m[id] == nil then S.m[id] = {cooling_until = 0, failures = 0, ejections = 0, park_reason = '', cooling_kind = ''} end
+    end
+    S.strategy = spec.strategy
+    S.digest = digest
+    S.set.strategy = S.strategy
+    S.set.members = table.concat(S.ids, ',')
+    local w = {}
+    for i, id in ipairs(S.ids) do w[i] = tostring(S.weights[id]) end
+    S.set.weights = table.concat(w, ',')
+    S.set.digest = digest
+    S.changed = true
+    if t1 == 'none' then
+      S.created = true
+      S.epoch = ARGV[5]
+      S.generation = 0
+      S.version = 0
+      S.rr = 0
+      S.skip_until = 0
+      S.created_at = S.now
+      S.exhausted = false
+      S.probe = ''
+      S.active = ''
+      S.set.epoch = S.epoch
+      S.set.created = S.now
+    end
+  end
+  return S, nil
+end
+
+-- Milliseconds at which the member can serve again: 0 when it can now, math.huge when parked forever.
+local function ready_at(S, id)
+  local m = S.m[id]
+  local t = 0
+  if m.cooling_until > S.now then t = m.cooling_until end
+  if m.parked_until ~= nil and m.parked_until > S.now and m.parked_until > t then t = m.parked_until end
+  return t
+end
+
+local function available(S, id)
+  return S.skip_until <= S.now and ready_at(S, id) == 0
+end
+
+-- First available member scanning forward from position `from` (inclusive), wrapping; nil if none.
+local function scan_from(S, from)
+  local n = #S.ids
+  for k = 0, n - 1 do
+    local id = S.ids[((from - 1 + k) % n) + 1]
+    if available(S, id) then return id end
+  end
+  return nil
+end
+
+-- Where the pointer goes when the active member stops serving: sticky moves forward and wraps,
+-- priority prefers the lowest position. Never the current active member.
+local function successor(S)
+  if S.strategy == 'priority' then
+    local id = scan_from(S, 1)
+    if id ~= S.active then return id end
+    return nil
+  end
+  local id = scan_from(S, S.pos[S.active] + 1)
+  if id == S.active then return nil end
+  return id
+end
+
+local function any_available(S)
+  if S.skip_until > S.now then return false end
+  return scan_from(S, 1) ~= nil
+end
+
+-- The degraded choice: the member that recovers soonest, never one parked forever.
+local function soonest(S)
+  local best, best_t = nil, math.huge
+  for _, id in ipairs(S.ids) do
+    local t = ready_at(S, id)
+    if t < best_t then best, best_t = id, t end
+  end
+  if best ~= nil and S.skip_until > S.now and S.skip_until > best_t then best_t = S.skip_until end
+  return best, best_t
+end
+
+local function emit(S, kind, fields)
+  S.generation = S.generation + 1
+  fields.type = kind
+  fields.generation = S.generation
+  S.events[#S.events + 1] = fields
+  S.changed = true
+end
+
+local function set_active(S, id)
+  S.active = id
+  S.set.active = id
+  S.changed = true
+end
+
+local function set_exhausted(S, flag)
+  S.exhausted = flag
+  if flag then S.set.exhausted = '1' else S.set.exhausted = '0' end
+  S.changed = true
+end
+
+-- Enter an exhausted episode: one event per episode. Returns true when this call started it.
+local function exhaust(S, fields)
+  if S.exhausted then return false end
+  set_exhausted(S, true)
+  if fields.retry_at == nil then
+    local _, t = soonest(S)
+    if t == math.huge then t = -1 end
+    fields.retry_at = t
+  end
+  emit(S, 'exhausted', fields)
+  return true
+end
+
+-- After the active member stopped serving (cooled, parked, rotated): move the pointer, or declare
+-- the pool exhausted once per episode. `kind` names the event for a pointer move; with `always` that
+-- event is written even when there is nowhere to move (an operator action is always an event).
+-- Returns true when this call made a transition.
+local function advance(S, kind, fields, always)
+  local next_id = successor(S)
+  if next_id ~= nil then
+    fields.from = S.active
+    fields.to = next_id
+    set_active(S, next_id)
+    emit(S, kind, fields)
+    return true
+  end
+  if always then emit(S, kind, fields) end
+  return exhaust(S, {member = S.active, reason = fields.reason, kind = fields.kind}) or always
+end
+
+local function set_member(S, id, suffix, value)
+  local field = id .. ':' .. suffix
+  if value == nil or value == '' or value == 0 then
+    S.del[field] = true
+    S.set[field] = nil
+  else
+    S.set[field] = value
+    S.del[field] = nil
+  end
+  S.changed = true
+end
+
+-- Clears the half-open probe lease when `lease` holds it. Returns true when it did.
+local function release_probe(S, lease)
+  if lease == '' or S.probe == '' or string.match(S.probe, '^[^|]*|([^|]*)|') ~= lease then
+    return false
+  end
+  S.probe = ''
+  S.set.probe = nil
+  S.del.probe = true
+  S.changed = true
+  return true
+end
+
+-- Parks `id` for `duration` ms (-1: until unparked).
+local function park_member(S, id, duration, reason)
+  local m = S.m[id]
+  if duration < 0 then m.parked_until = math.huge else m.parked_until = S.now + duration end
+  set_member(S, id, 'parked_until', m.parked_until == math.huge and FOREVER or m.parked_until)
+  set_member(S, id, 'park_reason', reason)
+  m.park_reason = reason
+end
+
+local function flatten_event(S, ev)
+  local out = {'type', ev.type, 'pool', ARGV[2], 'epoch', S.epoch, 'generation', tostring(ev.generation)}
+  for _, k in ipairs({'from', 'to', 'member', 'kind', 'reason', 'until', 'retry_at'}) do
+    local v = ev[k]
+    if v ~= nil and v ~= '' then
+      out[#out + 1] = k
+      if v == math.huge then v = FOREVER end
+      out[#out + 1] = tostring(v)
+    end
+  end
+  return out
+end
+
+-- Writes the in-memory changes (if any), one stream entry per event, one change notice.
+local function commit(S)
+  if not S.changed then return end
+  S.version = S.version + 1
+  S.set.version = S.version
+  S.set.generation = S.generation
+  local hset = {}
+  for f, v in pairs(S.set) do
+    hset[#hset + 1] = f
+    hset[#hset + 1] = tostring(v)
+  end
+  local hdel = {}
+  for f, _ in pairs(S.del) do hdel[#hdel + 1] = f end
+  if #hdel > 0 then redis.call('HDEL', KEYS[1], unpack(hdel)) end
+  redis.call('HSET', KEYS[1], unpack(hset))
+  for _, ev in ipairs(S.events) do
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', unpack(flatten_event(S, ev)))
+  end
+  redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. S.epoch .. ' ' .. S.generation .. ' ' .. S.version)
+end
+
+-- Reply common to every script; `extra` holds the script's own fields.
+local function reply(S, extra)
+  local types = {}
+  for _, ev in ipairs(S.events) do types[#types + 1] = ev.type end
+  extra.now = S.now
+  extra.epoch = S.epoch
+  extra.generation = S.generation
+  extra.version = S.version
+  extra.active = S.active
+  extra.exhausted = S.exhausted
+  extra.events = table.concat(types, ',')
+  extra.created = S.created
+  return cjson.encode(extra)
+end
+
+-- A freshly created (or reconfigured) pool whose pointer is unset or gone gets one now.
+local function settle_pointer(S)
+  if S.strategy == 'round_robin' then
+    if S.active ~= '' then set_active(S, '') end
+    return
+  end
+  if S.active ~= '' and S.pos[S.active] ~= nil then return end
+  local previous = S.active
+  local id = scan_from(S, 1) or S.ids[1]
+  set_active(S, id)
+  if S.created then
+    emit(S, 'created', {to = id})
+  else
+    emit(S, 'reconfigured', {from = previous, to = id})
+  end
+end
+
+local function cooldown_ms(base, multiplier, ejections, hint, min_ms, max_ms)
+  local d
+  if hint >= 0 then
+    d = hint
+  else
+    d = base * (multiplier ^ ejections)
+  end
+  if d < min_ms then d = min_ms end
+  if d > max_ms then d = max_ms end
+  return math.floor(d)
+end
+

@@ -1,0 +1,166 @@
+"""Shared fixtures: a real redis-server on a free loopback port (or COORDINATOR_TEST_REDIS_URL), and
+the `backend` matrix that runs one behaviour suite on real Redis and memory://, sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+
+import coordinator as co
+from coordinator._backend import connect
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """A throwaway redis-server on loopback, no persistence."""
+
+    def __init__(self, *extra: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server not found: install it (apt-get install redis-server) or set COORDINATOR_TEST_REDIS_URL")
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="coord-redis-")
+        self.args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                     "--dir", self.dir, *extra]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    external = os.environ.get("COORDINATOR_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    server = RedisServer()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def owns_redis() -> bool:
+    """True when the suite started the server itself and may FLUSHALL it."""
+    return not os.environ.get("COORDINATOR_TEST_REDIS_URL")
+
+
+class _SyncView:
+    """Runs an async object's coroutine methods to completion, so one suite drives both APIs."""
+
+    def __init__(self, target: Any, runner: asyncio.Runner) -> None:
+        self._target = target
+        self._runner = runner
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if inspect.iscoroutinefunction(attr):
+            return lambda *a, **k: self._runner.run(attr(*a, **k))
+        return attr
+
+
+@dataclass
+class Backend:
+    """Builds coordinators for one cell of the matrix (redis|memory × sync|async)."""
+
+    name: str
+    url: str
+    prefix: str
+    is_async: bool
+    runner: asyncio.Runner | None = None
+
+    def __post_init__(self) -> None:
+        self._opened: list[Any] = []
+        # A sync client on the same server, for tests that inspect or damage raw state.
+        self.raw: redis.Redis = connect(self.url)
+
+    def coordinator(self, *pools: co.PoolConfig, **kwargs: Any) -> Any:
+        kwargs.setdefault("prefix", self.prefix)
+        if self.is_async:
+            assert self.runner is not None
+            runner = self.runner
+
+            async def build() -> co.AsyncCoordinator:
+                return co.AsyncCoordinator(self.url, list(pools), **kwargs)
+
+            acoord = runner.run(build())
+            self._opened.append(acoord)
+            view = _SyncView(acoord, runner)
+            view.pool = lambda name: _SyncView(acoord.pool(name), runner)  # type: ignore[method-assign]
+            return view
+        coord = co.Coordinator(self.url, list(pools), **kwargs)
+        self._opened.append(coord)
+        return coord
+
+    def keys(self, pool: str) -> list[str]:
+        return co.KeySchema(self.prefix).pool_keys(pool)
+
+    def close(self) -> None:
+        for c in self._opened:
+            if self.is_async:
+                assert self.runner is not None
+                self.runner.run(c.aclose())
+            else:
+                c.close()
+        self.raw.close()
+
+
+@pytest.fixture(params=["redis-sync", "redis-async", "memory-sync", "memory-async"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    kind, mode = request.param.split("-")
+    url = request.getfixturevalue("redis_url") if kind == "redis" else f"memory://{uuid.uuid4().hex}"
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    runner = asyncio.Runner() if mode == "async" else None
+    b = Backend(request.param, url, prefix, mode == "async", runner)
+    try:
+        yield b
+    finally:
+        b.close()
+        if runner is not None:
+            runner.close()
