@@ -12,7 +12,7 @@
 -- ARGV[17] probe lease id the selection held, or ""
 --
 -- Rules: a token of another epoch changes nothing. A member already cooling is never escalated
--- again; only a longer provider hint extends it. A stale token never cools the member that is
+-- again; only a provider hint that ends at least 1 s later extends it. A stale token never cools the member that is
 -- active now. Cooling the active member moves the pointer (or exhausts the pool): one event.
 -- Reply (JSON): common fields plus
 --   stale        true when the token could not change anything
@@ -64,7 +64,9 @@ local is_active = (id == S.active)
 if m.cooling_until > S.now then
   if hint >= 0 then
     local new_until = S.now + cooldown_ms(base, multiplier, 0, hint, min_ms, max_ms)
-    if new_until > m.cooling_until then
+    -- Many workers report the same 429 within milliseconds; only a hint that adds at least a
+    -- second is worth a write and a change notice to the whole fleet.
+    if new_until > m.cooling_until + 1000 then
       m.cooling_until = new_until
       set_member(S, id, 'cooling_until', new_until)
     end
