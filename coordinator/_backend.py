@@ -33,13 +33,16 @@ def is_memory(url: str) -> bool:
 
 SCHEMES = ("redis", "rediss", "unix", "memory")
 # redis-py's defaults wait forever; a coordinator must never hang a worker's call on Redis.
-_TIMEOUTS = {"socket_connect_timeout": 2.0, "socket_timeout": 5.0}
+CONNECT_TIMEOUT = 2.0
+READ_TIMEOUT = 5.0
 
 
 def check_url(url: str) -> str:
     scheme = urlparse(url).scheme
     if scheme not in SCHEMES:
-        raise ConfigError(f"unsupported Redis URL scheme {scheme!r} in {redact(url)!r}; use one of {', '.join(SCHEMES)}")
+        raise ConfigError(
+            f"unsupported Redis URL scheme {scheme!r} in {redact(url)!r}; use one of {', '.join(SCHEMES)}"
+        )
     return url
 
 
@@ -59,7 +62,9 @@ def connect(url: str) -> redis.Redis:
         import fakeredis
 
         return fakeredis.FakeRedis(server=_memory_server(url), decode_responses=True)
-    return redis.Redis.from_url(url, decode_responses=True, **_TIMEOUTS)
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT
+    )
 
 
 def connect_async(url: str) -> redis.asyncio.Redis:
@@ -68,4 +73,6 @@ def connect_async(url: str) -> redis.asyncio.Redis:
         import fakeredis
 
         return fakeredis.FakeAsyncRedis(server=_memory_server(url), decode_responses=True)
-    return redis.asyncio.Redis.from_url(url, decode_responses=True, **_TIMEOUTS)
+    return redis.asyncio.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT
+    )

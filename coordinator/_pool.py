@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import redis
 import redis.asyncio
@@ -14,7 +14,7 @@ from ._types import FailoverEvent, FailureResult, ParkResult, Selection, Snapsho
 T = TypeVar("T")
 
 
-def _reraise(proto: PoolProtocol, exc: redis.RedisError) -> None:
+def _reraise(proto: PoolProtocol, exc: redis.RedisError) -> NoReturn:
     if isinstance(exc, redis.ResponseError):
         mapped = proto.translate_error(str(exc))
         if mapped is not None:
@@ -72,7 +72,7 @@ class Pool:
             entries = self._client.xrevrange(self._proto.events_key, count=limit)
         except redis.RedisError as exc:
             _reraise(self._proto, exc)
-        return self._proto.parse_events(list(reversed(entries)))
+        return self._proto.parse_events(list(reversed(entries or [])))
 
 
 class AsyncPool:
@@ -124,4 +124,4 @@ class AsyncPool:
             entries = await self._client.xrevrange(self._proto.events_key, count=limit)
         except redis.RedisError as exc:
             _reraise(self._proto, exc)
-        return self._proto.parse_events(list(reversed(entries)))
+        return self._proto.parse_events(list(reversed(entries or [])))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ._config import COOLING_KINDS, PoolConfig
-from ._errors import CorruptStateError, CoordinatorError, PoolExhaustedError, UnknownMemberError
+from ._errors import CoordinatorError, CorruptStateError, PoolExhaustedError, UnknownMemberError
 from ._keys import KeySchema
 from ._types import (
     FailoverEvent,
@@ -45,7 +45,7 @@ class Op(Generic[T]):
 
 
 def _ms(seconds: float) -> str:
-    return str(int(round(seconds * 1000)))
+    return str(round(seconds * 1000))
 
 
 def _events(data: dict[str, Any]) -> tuple[str, ...]:
@@ -145,6 +145,7 @@ class PoolProtocol:
             lease=data.get("lease") or "",
             transitioned=bool(data.get("transitioned")),
             events=_events(data),
+            now=float(data.get("now", 0)) / 1000.0,
         )
 
     def report_failure(self, selection: Selection, kind: str, retry_after: float | None) -> Op[FailureResult]:
@@ -271,14 +272,14 @@ class PoolProtocol:
     def events_key(self) -> str:
         return self._keys[1]
 
-    def parse_events(self, entries: Sequence[tuple[Any, dict[Any, Any]]]) -> list[FailoverEvent]:
+    def parse_events(self, entries: Sequence[tuple[Any, Any]]) -> list[FailoverEvent]:
         """Stream entries (any order given by the caller) to events; foreign entries are reported."""
         events = []
         for entry_id, fields in entries:
             entry_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
             f = {
                 (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-                for k, v in fields.items()
+                for k, v in (fields or {}).items()
             }
             try:
                 generation = int(f["generation"])

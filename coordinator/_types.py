@@ -24,6 +24,8 @@ class Selection:
     #: True when this very acquire made a transition (e.g. ``recovered``).
     transitioned: bool = False
     events: tuple[str, ...] = ()
+    #: Redis server time when the selection was made.
+    now: float = 0.0
 
     @property
     def probe(self) -> bool:

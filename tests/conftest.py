@@ -35,7 +35,7 @@ class RedisServer:
     def __init__(self, *extra: str) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server not found: install it (apt-get install redis-server) or set COORDINATOR_TEST_REDIS_URL")
+            pytest.fail("redis-server not found: apt-get install redis-server, or set COORDINATOR_TEST_REDIS_URL")
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="coord-redis-")
         self.args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -107,7 +107,7 @@ class _SyncView:
 
 @dataclass
 class Backend:
-    """Builds coordinators for one cell of the matrix (redis|memory × sync|async)."""
+    """Builds coordinators for one cell of the matrix (redis|memory, sync|async)."""
 
     name: str
     url: str
