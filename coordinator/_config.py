@@ -239,8 +239,8 @@ def load_config(path: str | os.PathLike[str] = "coordinator.toml") -> Config:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
     env_url = os.environ.get("COORDINATOR_REDIS_URL")
     if env_url:
-        redis_section = raw.get("redis") if isinstance(raw.get("redis"), dict) else {}
-        raw["redis"] = {**redis_section, "url": env_url}
+        section = raw.get("redis")
+        raw["redis"] = {**(section if isinstance(section, dict) else {}), "url": env_url}
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
