@@ -1,25 +1,112 @@
-"""Turns a URL into a redis-py client (sync or asyncio). ``memory://`` is the embedded backend:
-fakeredis running the very same Lua scripts in this process."""
+"""Turns a URL into a redis-py client (sync or asyncio).
+
+- ``memory://[NAME]``: the embedded backend, fakeredis running the very same Lua scripts in this
+  process; clients with the same NAME share one server.
+- ``redis://``, ``rediss://``, ``unix://``: one Redis server (redis-py's own URL syntax).
+- ``redis+cluster://[user:pass@]host:port[,host:port...]`` (``rediss+cluster://`` for TLS): Redis
+  Cluster, discovered from any of the seed nodes.
+- ``redis+sentinel://[user:pass@]host:port[,host:port...]/SERVICE[/DB]`` (``rediss+sentinel://``):
+  the master of SERVICE as the Sentinels report it, followed across failovers.
+"""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.sentinel
 
 from ._errors import ConfigError
+
+SCHEMES = ("memory", "redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel",
+           "rediss+sentinel")
+# redis-py's defaults wait forever; a coordinator must never hang a worker's call on Redis.
+CONNECT_TIMEOUT = 2.0
+READ_TIMEOUT = 5.0
 
 _memory_servers: dict[str, Any] = {}
 _memory_lock = threading.Lock()
 
 
-def _memory_server(url: str) -> Any:
+@dataclass(frozen=True)
+class Target:
+    """What a URL asks for, parsed without any I/O."""
+
+    kind: str  # "memory" | "single" | "cluster" | "sentinel"
+    url: str
+    hosts: tuple[tuple[str, int], ...] = ()
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+    service: str = ""
+    db: int = 0
+    name: str = "default"
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/")[0]:
+        return url
+    userinfo, _, hosts = rest.partition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hosts}" if ":" in userinfo else url
+
+
+def parse_url(url: str) -> Target:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SCHEMES:
+        raise ConfigError(
+            f"unsupported Redis URL scheme {scheme!r} in {redact(url)!r}; use one of {', '.join(SCHEMES)}"
+        )
+    if scheme == "memory":
+        return Target("memory", url, name=urlparse(url).netloc or "default")
+    if "+" not in scheme:
+        return Target("single", url)
+    netloc, _, path = rest.partition("/")
+    username = password = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, has_pw, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if has_pw else None
+    hosts = []
+    for item in netloc.split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"bad host:port {item!r} in {redact(url)!r}")
+        hosts.append((host.strip("[]"), int(port)))
+    path = path.split("?", 1)[0]
+    parts = [p for p in path.split("/") if p]
+    ssl = scheme.startswith("rediss")
+    if scheme.endswith("+cluster"):
+        return Target("cluster", url, tuple(hosts), username, password, ssl)
+    if not parts:
+        raise ConfigError(f"sentinel URL {redact(url)!r} needs a service name: redis+sentinel://host:port/SERVICE")
+    query_db = parse_qs(urlparse(url).query).get("db", ["0"])[0]
+    db = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else int(query_db)
+    return Target("sentinel", url, tuple(hosts), username, password, ssl, service=parts[0], db=db)
+
+
+def check_url(url: str) -> str:
+    parse_url(url)
+    return url
+
+
+def is_memory(url: str) -> bool:
+    return url.startswith("memory://")
+
+
+def _memory_server(name: str) -> Any:
     import fakeredis
 
-    name = urlparse(url).netloc or "default"
     with _memory_lock:
         server = _memory_servers.get(name)
         if server is None:
@@ -27,52 +114,60 @@ def _memory_server(url: str) -> Any:
         return server
 
 
-def is_memory(url: str) -> bool:
-    return url.startswith("memory://")
+def _options(target: Target) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "socket_timeout": READ_TIMEOUT,
+    }
+    if target.username:
+        options["username"] = target.username
+    if target.password is not None:
+        options["password"] = target.password
+    if target.ssl:
+        options["ssl"] = True
+    return options
 
 
-SCHEMES = ("redis", "rediss", "unix", "memory")
-# redis-py's defaults wait forever; a coordinator must never hang a worker's call on Redis.
-CONNECT_TIMEOUT = 2.0
-READ_TIMEOUT = 5.0
+def connect(url: str) -> Any:
+    """A sync client for the URL (see the module docstring)."""
+    target = parse_url(url)
+    if target.kind == "memory":
+        import fakeredis
 
-
-def check_url(url: str) -> str:
-    scheme = urlparse(url).scheme
-    if scheme not in SCHEMES:
-        raise ConfigError(
-            f"unsupported Redis URL scheme {scheme!r} in {redact(url)!r}; use one of {', '.join(SCHEMES)}"
+        return fakeredis.FakeRedis(server=_memory_server(target.name), decode_responses=True)
+    if target.kind == "single":
+        return redis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT
         )
-    return url
+    options = _options(target)
+    if target.kind == "cluster":
+        nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.hosts]
+        return redis.cluster.RedisCluster(startup_nodes=nodes, **options)
+    sentinel = redis.sentinel.Sentinel(
+        list(target.hosts), socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT,
+        sentinel_kwargs={"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": READ_TIMEOUT},
+    )
+    return sentinel.master_for(target.service, db=target.db, **options)
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parsed = urlparse(url)
-    if parsed.password is None:
-        return url
-    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@")
-    return parsed._replace(netloc=netloc).geturl()
-
-
-def connect(url: str) -> redis.Redis:
-    """A sync client. ``memory://NAME`` clients with the same NAME share one in-process server."""
-    check_url(url)
-    if is_memory(url):
+def connect_async(url: str) -> Any:
+    """An asyncio client for the URL (see the module docstring)."""
+    target = parse_url(url)
+    if target.kind == "memory":
         import fakeredis
 
-        return fakeredis.FakeRedis(server=_memory_server(url), decode_responses=True)
-    return redis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT
+        return fakeredis.FakeAsyncRedis(server=_memory_server(target.name), decode_responses=True)
+    if target.kind == "single":
+        return redis.asyncio.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT
+        )
+    options = _options(target)
+    if target.kind == "cluster":
+        nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.hosts]
+        return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **options)
+    sentinel = redis.asyncio.sentinel.Sentinel(
+        list(target.hosts), socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT,
+        sentinel_kwargs={"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": READ_TIMEOUT},
     )
-
-
-def connect_async(url: str) -> redis.asyncio.Redis:
-    check_url(url)
-    if is_memory(url):
-        import fakeredis
-
-        return fakeredis.FakeAsyncRedis(server=_memory_server(url), decode_responses=True)
-    return redis.asyncio.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT
-    )
+    return sentinel.master_for(target.service, db=target.db, **options)

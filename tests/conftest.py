@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -23,10 +24,22 @@ import coordinator as co
 from coordinator._backend import connect
 
 
-def free_port() -> int:
+def _is_free(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port() -> int:
+    """A free loopback port whose cluster bus port (+10000) is free too."""
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        if _is_free(port) and _is_free(port + 10000):
+            return port
+    raise RuntimeError("no free port pair found")
 
 
 class RedisServer:
@@ -83,6 +96,46 @@ def redis_url() -> Iterator[str]:
         yield server.url
     finally:
         server.close()
+
+
+class RedisCluster:
+    """Three masters with --cluster-enabled on loopback, joined by redis-cli --cluster create."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                  "--cluster-node-timeout", "2000") for _ in range(masters)]
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 20
+        while True:
+            info = redis.Redis(port=self.nodes[0].port, decode_responses=True).cluster("info")
+            if info.get("cluster_state") == "ok":
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster did not become ok: {info}")
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    external = os.environ.get("COORDINATOR_TEST_CLUSTER_URL")
+    if external:
+        yield external
+        return
+    cluster = RedisCluster()
+    try:
+        yield cluster.url
+    finally:
+        cluster.close()
 
 
 @pytest.fixture(scope="session")
@@ -151,10 +204,15 @@ class Backend:
         self.raw.close()
 
 
-@pytest.fixture(params=["redis-sync", "redis-async", "memory-sync", "memory-async"])
+@pytest.fixture(params=["redis-sync", "redis-async", "memory-sync", "memory-async", "cluster-sync"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     kind, mode = request.param.split("-")
-    url = request.getfixturevalue("redis_url") if kind == "redis" else f"memory://{uuid.uuid4().hex}"
+    if kind == "redis":
+        url = request.getfixturevalue("redis_url")
+    elif kind == "cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+    else:
+        url = f"memory://{uuid.uuid4().hex}"
     prefix = f"t{uuid.uuid4().hex[:10]}"
     runner = asyncio.Runner() if mode == "async" else None
     b = Backend(request.param, url, prefix, mode == "async", runner)

@@ -1,0 +1,316 @@
+"""A fake OpenAI- and Anthropic-compatible upstream on loopback, for the demo, tests and benchmarks.
+
+Each account is recognised by its API key (``Authorization: Bearer KEY`` or ``x-api-key: KEY``) and
+behaves as scripted: healthy, rate limited, quota exhausted, failing after N requests, 401, 500, 529,
+400, context length, content policy, model not found, or a stream that breaks after N chunks. It
+answers ``POST /v1/chat/completions`` (OpenAI, JSON or SSE) and ``POST /v1/messages`` (Anthropic, JSON
+or SSE) with bodies the official SDKs parse, and counts what it served per key.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+#: Behaviours a key can have. ``after:N:<behaviour>`` serves N requests fine, then behaves so.
+BEHAVIOURS = (
+    "ok",
+    "ok_last_request",  # 200 with x-ratelimit-remaining-requests: 0 (and anthropic-ratelimit-*-remaining: 0)
+    "rate_limited",  # 429 rate_limit_exceeded, retry-after: <retry_after>
+    "quota",  # 429 insufficient_quota, resets an hour away
+    "auth",  # 401
+    "server_error",  # 500
+    "overloaded",  # 529 (Anthropic overloaded_error)
+    "bad_request",  # 400 invalid_request_error
+    "context_length",  # 400 context_length_exceeded / "prompt is too long"
+    "content_policy",  # 400 content_policy_violation
+    "model_not_found",  # 404
+    "stream_break",  # a stream that sends one chunk and then drops the connection
+)
+
+
+@dataclass
+class Account:
+    behaviour: str = "ok"
+    retry_after: float = 1.0
+    served: int = 0
+
+
+@dataclass
+class UpstreamStats:
+    requests: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
+
+
+def _openai_error(status: int, kind: str, code: str | None, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def _anthropic_error(kind: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def _http_date(seconds_from_now: float) -> str:
+    moment = datetime.now(UTC) + timedelta(seconds=seconds_from_now)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
+        pass
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_sse(self, events: list[tuple[str | None, str]], break_after: int | None = None) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("cache-control", "no-cache")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        for i, (name, data) in enumerate(events):
+            if break_after is not None and i >= break_after:
+                # Drop the connection before the closing chunk, as a crashed upstream would.
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            prefix = f"event: {name}\n" if name else ""
+            payload = f"{prefix}data: {data}\n\n".encode()
+            self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            self._send_json(200, {"ok": True})
+        else:
+            self._send_json(404, {"error": {"message": "not found", "type": "not_found"}})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            body = {}
+        anthropic = self.path.rstrip("/").endswith("/v1/messages")
+        if not anthropic and not self.path.rstrip("/").endswith("/chat/completions"):
+            self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            return
+        auth = self.headers.get("authorization", "")
+        key = self.headers.get("x-api-key") or (auth[7:] if auth.lower().startswith("bearer ") else "")
+        behaviour, retry_after = self.server.upstream.next_behaviour(key)
+        model = str(body.get("model") or "unknown-model")
+        stream = bool(body.get("stream"))
+        status = self._respond(behaviour, retry_after, anthropic, model, stream)
+        self.server.upstream.record(key, status)
+
+    # -- behaviours ------------------------------------------------------------------------------
+
+    def _respond(self, behaviour: str, retry_after: float, anthropic: bool, model: str, stream: bool) -> int:
+        if behaviour in ("ok", "ok_last_request", "stream_break"):
+            headers = {"x-ratelimit-remaining-requests": "57", "x-ratelimit-reset-requests": "1s"}
+            if behaviour == "ok_last_request":
+                headers = {
+                    "x-ratelimit-remaining-requests": "0",
+                    "x-ratelimit-reset-requests": f"{retry_after:g}s",
+                    "anthropic-ratelimit-requests-remaining": "0",
+                    "anthropic-ratelimit-requests-reset": _http_date(retry_after),
+                }
+            if stream:
+                events = self._anthropic_stream(model) if anthropic else self._openai_stream(model)
+                self._send_sse(events, break_after=1 if behaviour == "stream_break" else None)
+            else:
+                self._send_json(200, self._anthropic_message(model) if anthropic else self._openai_completion(model),
+                                headers)
+            return 200
+        if behaviour == "rate_limited":
+            headers = {
+                "retry-after": f"{retry_after:g}",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": f"{retry_after:g}s",
+                "anthropic-ratelimit-requests-remaining": "0",
+                "anthropic-ratelimit-requests-reset": _http_date(retry_after),
+            }
+            body = (_anthropic_error("rate_limit_error", "Number of requests has exceeded your rate limit")
+                    if anthropic else
+                    _openai_error(429, "requests", "rate_limit_exceeded", "Rate limit reached for requests"))
+            self._send_json(429, body, headers)
+            return 429
+        if behaviour == "quota":
+            headers = {"x-ratelimit-reset-requests": "1h0m0s", "retry-after": "3600",
+                       "anthropic-ratelimit-requests-reset": _http_date(3600)}
+            body = (_anthropic_error("rate_limit_error", "Your credit balance is too low")
+                    if anthropic else
+                    _openai_error(429, "insufficient_quota", "insufficient_quota",
+                                  "You exceeded your current quota, please check your plan and billing details."))
+            self._send_json(429, body, headers)
+            return 429
+        simple: dict[str, tuple[int, dict[str, Any]]] = {
+            "auth": (401, _anthropic_error("authentication_error", "invalid x-api-key") if anthropic else
+                     _openai_error(401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided")),
+            "server_error": (500, _anthropic_error("api_error", "Internal server error") if anthropic else
+                             _openai_error(500, "server_error", None, "The server had an error")),
+            "overloaded": (529, _anthropic_error("overloaded_error", "Overloaded")),
+            "bad_request": (400, _anthropic_error("invalid_request_error", "messages: field required") if anthropic
+                            else _openai_error(400, "invalid_request_error", None, "'messages' is a required property")),
+            "context_length": (400, _anthropic_error("invalid_request_error",
+                                                     "prompt is too long: 210000 tokens > 200000 maximum")
+                               if anthropic else
+                               _openai_error(400, "invalid_request_error", "context_length_exceeded",
+                                             "This model's maximum context length is 128000 tokens.")),
+            "content_policy": (400, _anthropic_error("invalid_request_error", "Output blocked by content filtering policy")
+                               if anthropic else
+                               _openai_error(400, "invalid_request_error", "content_policy_violation",
+                                             "Your request was rejected as a result of our safety system.")),
+            "model_not_found": (404, _anthropic_error("not_found_error", f"model: {model}") if anthropic else
+                                _openai_error(404, "invalid_request_error", "model_not_found",
+                                              f"The model `{model}` does not exist or you do not have access to it.")),
+        }
+        status, body = simple.get(behaviour, simple["server_error"])
+        self._send_json(status, body)
+        return status
+
+    @staticmethod
+    def _openai_completion(model: str) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the fake upstream."},
+                         "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11},
+        }
+
+    @staticmethod
+    def _openai_stream(model: str) -> list[tuple[str | None, str]]:
+        chunks: list[tuple[str | None, str]] = []
+        for piece in ["Hello", " from", " the", " fake", " upstream."]:
+            chunks.append((None, json.dumps({
+                "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": model, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+            })))
+        chunks.append((None, json.dumps({
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        })))
+        chunks.append((None, "[DONE]"))
+        return chunks
+
+    @staticmethod
+    def _anthropic_message(model: str) -> dict[str, Any]:
+        return {
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": "Hello from the fake upstream."}],
+            "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": 5, "output_tokens": 6},
+        }
+
+    @staticmethod
+    def _anthropic_stream(model: str) -> list[tuple[str | None, str]]:
+        start = {"type": "message_start", "message": {
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
+        events: list[tuple[str | None, str]] = [
+            ("message_start", json.dumps(start)),
+            ("content_block_start", json.dumps({"type": "content_block_start", "index": 0,
+                                                "content_block": {"type": "text", "text": ""}})),
+        ]
+        for piece in ["Hello", " from", " the", " fake", " upstream."]:
+            events.append(("content_block_delta", json.dumps({
+                "type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})))
+        events += [
+            ("content_block_stop", json.dumps({"type": "content_block_stop", "index": 0})),
+            ("message_delta", json.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn",
+                                                                             "stop_sequence": None},
+                                          "usage": {"output_tokens": 6}})),
+            ("message_stop", json.dumps({"type": "message_stop"})),
+        ]
+        return events
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    upstream: FakeUpstream
+
+
+class FakeUpstream:
+    """Loopback HTTP server; use as a context manager. ``accounts`` maps API key -> behaviour."""
+
+    def __init__(self, accounts: dict[str, str] | None = None, host: str = "127.0.0.1", port: int = 0,
+                 retry_after: float = 1.0) -> None:
+        self._lock = threading.Lock()
+        self._accounts: dict[str, Account] = {}
+        self.default_retry_after = retry_after
+        self.stats = UpstreamStats()
+        for key, behaviour in (accounts or {}).items():
+            self.set(key, behaviour)
+        self._server = _Server((host, port), _Handler)
+        self._server.upstream = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def set(self, key: str, behaviour: str, retry_after: float | None = None) -> None:
+        """Changes how the account with this key behaves from its next request on."""
+        name = behaviour.split(":")[-1]
+        if name not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {behaviour!r}; expected one of {', '.join(BEHAVIOURS)}")
+        with self._lock:
+            self._accounts[key] = Account(behaviour, self.default_retry_after if retry_after is None else retry_after)
+
+    def next_behaviour(self, key: str) -> tuple[str, float]:
+        with self._lock:
+            account = self._accounts.get(key)
+            if account is None:
+                return "auth", 0.0
+            account.served += 1
+            behaviour = account.behaviour
+            if behaviour.startswith("after:"):
+                _, count, then = behaviour.split(":", 2)
+                behaviour = "ok" if account.served <= int(count) else then
+            return behaviour, account.retry_after
+
+    def record(self, key: str, status: int) -> None:
+        with self._lock:
+            self.stats.requests[key] += 1
+            self.stats.statuses[(key, status)] += 1
+
+    def start(self) -> FakeUpstream:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-upstream", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
