@@ -56,6 +56,26 @@ def _anthropic_error(kind: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
+# behaviour -> (status, (anthropic type, message), (openai type, code, message))
+_ERRORS: dict[str, tuple[int, tuple[str, str], tuple[str, str | None, str]]] = {
+    "auth": (401, ("authentication_error", "invalid x-api-key"),
+             ("invalid_request_error", "invalid_api_key", "Incorrect API key provided")),
+    "server_error": (500, ("api_error", "Internal server error"), ("server_error", None, "The server had an error")),
+    "overloaded": (529, ("overloaded_error", "Overloaded"), ("server_error", None, "Overloaded")),
+    "bad_request": (400, ("invalid_request_error", "messages: field required"),
+                    ("invalid_request_error", None, "'messages' is a required property")),
+    "context_length": (400, ("invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum"),
+                       ("invalid_request_error", "context_length_exceeded",
+                        "This model's maximum context length is 128000 tokens.")),
+    "content_policy": (400, ("invalid_request_error", "Output blocked by content filtering policy"),
+                       ("invalid_request_error", "content_policy_violation",
+                        "Your request was rejected as a result of our safety system.")),
+    "model_not_found": (404, ("not_found_error", "model: {model}"),
+                        ("invalid_request_error", "model_not_found",
+                         "The model `{model}` does not exist or you do not have access to it.")),
+}
+
+
 def _http_date(seconds_from_now: float) -> str:
     moment = datetime.now(UTC) + timedelta(seconds=seconds_from_now)
     return moment.isoformat().replace("+00:00", "Z")
@@ -65,7 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -164,28 +184,11 @@ class _Handler(BaseHTTPRequestHandler):
                                   "You exceeded your current quota, please check your plan and billing details."))
             self._send_json(429, body, headers)
             return 429
-        simple: dict[str, tuple[int, dict[str, Any]]] = {
-            "auth": (401, _anthropic_error("authentication_error", "invalid x-api-key") if anthropic else
-                     _openai_error(401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided")),
-            "server_error": (500, _anthropic_error("api_error", "Internal server error") if anthropic else
-                             _openai_error(500, "server_error", None, "The server had an error")),
-            "overloaded": (529, _anthropic_error("overloaded_error", "Overloaded")),
-            "bad_request": (400, _anthropic_error("invalid_request_error", "messages: field required") if anthropic
-                            else _openai_error(400, "invalid_request_error", None, "'messages' is a required property")),
-            "context_length": (400, _anthropic_error("invalid_request_error",
-                                                     "prompt is too long: 210000 tokens > 200000 maximum")
-                               if anthropic else
-                               _openai_error(400, "invalid_request_error", "context_length_exceeded",
-                                             "This model's maximum context length is 128000 tokens.")),
-            "content_policy": (400, _anthropic_error("invalid_request_error", "Output blocked by content filtering policy")
-                               if anthropic else
-                               _openai_error(400, "invalid_request_error", "content_policy_violation",
-                                             "Your request was rejected as a result of our safety system.")),
-            "model_not_found": (404, _anthropic_error("not_found_error", f"model: {model}") if anthropic else
-                                _openai_error(404, "invalid_request_error", "model_not_found",
-                                              f"The model `{model}` does not exist or you do not have access to it.")),
-        }
-        status, body = simple.get(behaviour, simple["server_error"])
+        status, (a_type, a_message), (o_type, o_code, o_message) = _ERRORS.get(behaviour, _ERRORS["server_error"])
+        if anthropic:
+            body = _anthropic_error(a_type, a_message.format(model=model))
+        else:
+            body = _openai_error(status, o_type, o_code, o_message.format(model=model))
         self._send_json(status, body)
         return status
 
