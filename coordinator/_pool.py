@@ -66,13 +66,24 @@ class Pool:
     def snapshot(self) -> Snapshot:
         return self._run(self._proto.snapshot())
 
-    def events(self, limit: int = 100) -> list[FailoverEvent]:
-        """The newest ``limit`` events, oldest first."""
+    def events(self, limit: int = 100, *, since: float | None = None) -> list[FailoverEvent]:
+        """The newest ``limit`` events (written at or after ``since``, unix seconds), oldest first."""
+        lower = self._proto.since_id(since)
         try:
-            entries = self._client.xrevrange(self._proto.events_key, count=limit)
+            entries = self._client.xrevrange(self._proto.events_key, max="+", min=lower, count=limit)
         except redis.RedisError as exc:
             _reraise(self._proto, exc)
         return self._proto.parse_events(list(reversed(entries or [])))
+
+    def events_after(self, last_id: str, *, block: float | None = None, count: int = 100) -> list[FailoverEvent]:
+        """Up to ``count`` events written after the event ``last_id``, oldest first; waits up to
+        ``block`` seconds for one to arrive. Keep ``block`` below the client's read timeout."""
+        args = self._proto.xread_args(last_id, block, count)
+        try:
+            reply = self._client.xread(**args)
+        except redis.RedisError as exc:
+            _reraise(self._proto, exc)
+        return self._proto.parse_xread(reply)
 
 
 class AsyncPool:
@@ -118,10 +129,23 @@ class AsyncPool:
     async def snapshot(self) -> Snapshot:
         return await self._run(self._proto.snapshot())
 
-    async def events(self, limit: int = 100) -> list[FailoverEvent]:
-        """The newest ``limit`` events, oldest first."""
+    async def events(self, limit: int = 100, *, since: float | None = None) -> list[FailoverEvent]:
+        """The newest ``limit`` events (written at or after ``since``, unix seconds), oldest first."""
+        lower = self._proto.since_id(since)
         try:
-            entries = await self._client.xrevrange(self._proto.events_key, count=limit)
+            entries = await self._client.xrevrange(self._proto.events_key, max="+", min=lower, count=limit)
         except redis.RedisError as exc:
             _reraise(self._proto, exc)
         return self._proto.parse_events(list(reversed(entries or [])))
+
+    async def events_after(
+        self, last_id: str, *, block: float | None = None, count: int = 100
+    ) -> list[FailoverEvent]:
+        """Up to ``count`` events written after the event ``last_id``, oldest first; waits up to
+        ``block`` seconds for one to arrive. Keep ``block`` below the client's read timeout."""
+        args = self._proto.xread_args(last_id, block, count)
+        try:
+            reply = await self._client.xread(**args)
+        except redis.RedisError as exc:
+            _reraise(self._proto, exc)
+        return self._proto.parse_xread(reply)

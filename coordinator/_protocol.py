@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from ._types import (
 T = TypeVar("T")
 
 DEFAULT_STREAM_MAXLEN = 10_000
+_STREAM_ID_RE = re.compile(r"^\d+(-\d+)?$")
 NON_COOLING_KINDS = frozenset({"request", "content_policy", "context_length"})
 
 
@@ -46,6 +48,16 @@ class Op(Generic[T]):
 
 def _ms(seconds: float) -> str:
     return str(round(seconds * 1000))
+
+
+def _collect_entries(value: Any, out: list[tuple[Any, Any]]) -> None:
+    # redis-py nests RESP3 XREAD entries one list deeper than RESP2; an entry is an (id, fields) pair.
+    if isinstance(value, list | tuple):
+        if len(value) == 2 and isinstance(value[0], str | bytes) and isinstance(value[1], dict | None):
+            out.append((value[0], value[1]))
+            return
+        for item in value:
+            _collect_entries(item, out)
 
 
 def _events(data: dict[str, Any]) -> tuple[str, ...]:
@@ -266,11 +278,52 @@ class PoolProtocol:
             skipped_until=skip / 1000.0 if skip > now_ms else None,
         )
 
-    # -- events (plain XREVRANGE, no script) -------------------------------------------------------
+    # -- events (plain XREVRANGE / XREAD, no script) -----------------------------------------------
 
     @property
     def events_key(self) -> str:
         return self._keys[1]
+
+    @staticmethod
+    def since_id(since: float | None) -> str:
+        """The XRANGE bound for events at or after ``since`` (unix seconds); ``-`` for no bound."""
+        if since is None:
+            return "-"
+        if isinstance(since, bool) or not isinstance(since, int | float) or not math.isfinite(since) or since < 0:
+            raise ValueError(f"since must be unix seconds (a finite number, not negative), not {since!r}")
+        # Entry ids are integer server milliseconds: the first one at or after `since` is its ceiling.
+        return f"{math.ceil(since * 1000)}-0"
+
+    def xread_args(self, last_id: str, block: float | None, count: int) -> dict[str, Any]:
+        """Keyword arguments of redis-py's ``xread`` for the events written after entry ``last_id``.
+
+        ``last_id`` is a ``FailoverEvent.id``, ``0-0`` for the whole stream or ``$`` for only new
+        entries. ``block`` is seconds; None or 0 does not wait (XREAD's BLOCK 0 would wait forever,
+        past any socket timeout).
+        """
+        if not isinstance(last_id, str) or (last_id != "$" and not _STREAM_ID_RE.match(last_id)):
+            raise ValueError(f"last_id must be an event id such as '1700000000000-0', '0-0' or '$', not {last_id!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a positive integer, not {count!r}")
+        block_ms: int | None = None
+        if block is not None:
+            if isinstance(block, bool) or not isinstance(block, int | float) or not math.isfinite(block) or block < 0:
+                raise ValueError(f"block must be seconds (finite, not negative) or None, not {block!r}")
+            block_ms = max(1, round(block * 1000)) if block > 0 else None
+        return {"streams": {self.events_key: last_id}, "count": count, "block": block_ms}
+
+    def parse_xread(self, reply: Any) -> list[FailoverEvent]:
+        """An XREAD reply on this pool's stream, RESP2 (``[[key, entries]]``) or RESP3 (``{key: ...}``)."""
+        if not reply:
+            return []
+        if isinstance(reply, dict):
+            streams: list[Any] = list(reply.values())
+        else:
+            streams = [item[1] for item in reply]
+        entries: list[tuple[Any, Any]] = []
+        for stream in streams:
+            _collect_entries(stream, entries)
+        return self.parse_events(entries)
 
     def parse_events(self, entries: Sequence[tuple[Any, Any]]) -> list[FailoverEvent]:
         """Stream entries (any order given by the caller) to events; foreign entries are reported."""
