@@ -1,8 +1,11 @@
 """coordinator: fleet-wide failover for LLM credentials and models, with its state in Redis."""
 
+from ._backoff import RandomSource
+from ._classify import Classifier, Failure, classify
 from ._config import (
     Config,
     CooldownPolicy,
+    ExhaustedPolicy,
     FailureKind,
     Member,
     PoolConfig,
@@ -13,6 +16,8 @@ from ._config import (
 )
 from ._coordinator import AsyncCoordinator, Coordinator
 from ._errors import (
+    AllMembersFailedError,
+    Cause,
     ConfigError,
     CoordinatorError,
     CorruptStateError,
@@ -22,6 +27,8 @@ from ._errors import (
     UnknownMemberError,
     UnknownPoolError,
 )
+from ._hints import preemptive_cooldown, rate_limit_hint
+from ._hooks import AttemptEvent, Hook, HookEvent, LoggingHook, TransitionEvent
 from ._keys import KeySchema
 from ._pool import AsyncPool, Pool
 from ._types import (
@@ -36,24 +43,34 @@ from ._types import (
 )
 
 __all__ = [
+    "AllMembersFailedError",
     "AsyncCoordinator",
     "AsyncPool",
+    "AttemptEvent",
+    "Cause",
+    "Classifier",
     "Config",
     "ConfigError",
     "CooldownPolicy",
     "Coordinator",
     "CoordinatorError",
     "CorruptStateError",
+    "ExhaustedPolicy",
     "FailoverEvent",
+    "Failure",
     "FailureKind",
     "FailureResult",
+    "Hook",
+    "HookEvent",
     "KeySchema",
+    "LoggingHook",
     "Member",
     "MemberState",
     "ParkResult",
     "Pool",
     "PoolConfig",
     "PoolExhaustedError",
+    "RandomSource",
     "RedisConfig",
     "Result",
     "Selection",
@@ -62,8 +79,12 @@ __all__ = [
     "StoreUnavailableError",
     "Strategy",
     "SuccessResult",
+    "TransitionEvent",
     "UnknownMemberError",
     "UnknownPoolError",
+    "classify",
     "load_config",
     "parse_duration",
+    "preemptive_cooldown",
+    "rate_limit_hint",
 ]

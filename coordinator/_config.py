@@ -38,6 +38,8 @@ FailureKind = Literal[
     "content_policy",
     "context_length",
 ]
+#: What ``coord.call`` does with a pool whose members are all cooling or parked (DESIGN 3.6).
+ExhaustedPolicy = Literal["wait", "fail", "degraded"]
 #: Kinds that cool a member (or, for model_unavailable, the pool); the others touch no state.
 COOLING_KINDS = frozenset({"rate_limited", "quota_exhausted", "auth", "transient", "model_unavailable"})
 
@@ -153,6 +155,16 @@ class PoolConfig(_Model):
     failback_after: Duration = 0.0
     probe_timeout: Duration = 30.0
     rotate_for: Duration = 600.0
+    # -- the failover executor (DESIGN 3.6, 3.7) --
+    #: Tries of one member on transient errors within one call before moving on (1 = no retry).
+    attempts_per_member: int = Field(default=3, ge=1, le=100)
+    #: Full-jitter backoff between those tries: uniform in [0, min(cap, base * 2**(retry-1))).
+    backoff_base: Duration = 0.2
+    backoff_cap: Duration = 10.0
+    #: When every member is cooling or parked: wait for the soonest recovery if it is within
+    #: ``max_wait`` (and the call's deadline), fail at once with ``retry_at``, or try that member anyway.
+    on_exhausted: ExhaustedPolicy = "wait"
+    max_wait: Duration = 10.0
 
     @field_validator("name")
     @classmethod

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterable
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar, overload
 
 import redis
 import redis.asyncio
 
 from ._backend import connect, connect_async
-from ._config import Config, PoolConfig, RedisConfig, load_config
+from ._backoff import RandomSource
+from ._classify import Classifier
+from ._config import Config, Member, PoolConfig, RedisConfig, load_config
 from ._errors import ConfigError, UnknownPoolError
+from ._executor import CallPlan, run_async, run_sync
+from ._hooks import Hook
 from ._keys import KeySchema
 from ._pool import AsyncPool, Pool
 from ._protocol import DEFAULT_STREAM_MAXLEN, PoolProtocol
 from ._scripts import SCRIPT_NAMES, script_source
+
+T = TypeVar("T")
 
 
 class _Base:
@@ -25,8 +33,14 @@ class _Base:
         pools: Iterable[PoolConfig],
         prefix: str,
         stream_maxlen: int,
+        hooks: Iterable[Hook] = (),
+        classifier: Classifier | None = None,
     ) -> None:
         self.url = url
+        #: Observers of every ``call`` (see ``coordinator.Hook``); append to add more.
+        self.hooks: list[Hook] = list(hooks)
+        #: Tried before the built-in classification on every ``call``; None answers "don't know".
+        self.classifier = classifier
         self.keys = KeySchema(RedisConfig(url=url, prefix=prefix).prefix)
         self._protocols: dict[str, PoolProtocol] = {}
         for cfg in pools:
@@ -49,6 +63,26 @@ class _Base:
     def pool_config(self, name: str) -> PoolConfig:
         return self._protocol(name).config
 
+    def _plan(
+        self,
+        pools: str | Sequence[str],
+        *,
+        deadline: float | None,
+        max_retries: int | None,
+        classifier: Classifier | None,
+        rng: RandomSource | None,
+        clock: Callable[[], float] | None,
+    ) -> CallPlan:
+        names = [pools] if isinstance(pools, str) else list(pools)
+        return CallPlan(
+            [self._protocol(name).config for name in names],
+            classifiers=[c for c in (classifier, self.classifier) if c is not None],
+            max_retries=max_retries,
+            deadline=deadline,
+            clock=clock if clock is not None else time.monotonic,
+            rng=rng,
+        )
+
     def _protocol(self, name: str) -> PoolProtocol:
         try:
             return self._protocols[name]
@@ -70,8 +104,10 @@ class Coordinator(_Base):
         prefix: str = "coord",
         stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
         client: redis.Redis | None = None,
+        hooks: Iterable[Hook] = (),
+        classifier: Classifier | None = None,
     ) -> None:
-        super().__init__(url, pools, prefix, stream_maxlen)
+        super().__init__(url, pools, prefix, stream_maxlen, hooks, classifier)
         self.client = client if client is not None else connect(url)
         scripts = {name: self.client.register_script(script_source(name)) for name in SCRIPT_NAMES}
         self._pools = {name: Pool(proto, self.client, scripts) for name, proto in self._protocols.items()}
@@ -84,6 +120,51 @@ class Coordinator(_Base):
     def pool(self, name: str) -> Pool:
         self._protocol(name)
         return self._pools[name]
+
+    def call(
+        self,
+        pools: str | Sequence[str],
+        fn: Callable[[Member], T],
+        *,
+        deadline: float | None = None,
+        max_retries: int | None = None,
+        classifier: Classifier | None = None,
+        hooks: Iterable[Hook] = (),
+        sleep: Callable[[float], object] | None = None,
+        rng: RandomSource | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> T:
+        """Run ``fn(member)`` on a member of ``pools`` (a pool name, or a chain: a list of names tried in
+        order) and return what ``fn`` returned. Rate limits, exhausted quotas and auth failures cool the
+        member and move to the next one at once; transient errors retry the same member with backoff
+        first; a missing model skips the rest of its pool.
+
+        - ``deadline``: seconds this whole call may take (waits, backoff, new attempts); an attempt
+          already running is not interrupted, so give ``fn``'s client its own timeout.
+        - ``max_retries``: retries of one member on transient errors, overriding each pool's
+          ``attempts_per_member - 1``; moving to another member never counts as a retry.
+        - ``classifier``: tried first for each failure (then the coordinator's, then the built-in one).
+        - ``hooks``: observers for this call, after the coordinator's own.
+        - ``sleep``, ``rng``, ``clock``: injectable for tests (``time.sleep``, ``random``, ``time.monotonic``).
+
+        If ``fn`` returns an iterator (or is a generator function), failover happens only until its
+        first item; the call returns an iterator that yields that item and the rest, and errors after
+        it surface as they are. A returned HTTP response with status >= 400 counts as a failure.
+
+        Raises the caller's own exception unchanged for request, content-policy and context-length
+        failures, ``AllMembersFailedError`` when no member served; cancellation propagates at once.
+        """
+        plan = self._plan(
+            pools, deadline=deadline, max_retries=max_retries, classifier=classifier, rng=rng, clock=clock
+        )
+        result: T = run_sync(
+            plan,
+            {cfg.name: self.pool(cfg.name) for cfg in plan.pools},
+            fn,
+            hooks=[*self.hooks, *hooks],
+            sleep=sleep if sleep is not None else time.sleep,
+        )
+        return result
 
     def close(self) -> None:
         self.client.close()
@@ -106,8 +187,10 @@ class AsyncCoordinator(_Base):
         prefix: str = "coord",
         stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
         client: redis.asyncio.Redis | None = None,
+        hooks: Iterable[Hook] = (),
+        classifier: Classifier | None = None,
     ) -> None:
-        super().__init__(url, pools, prefix, stream_maxlen)
+        super().__init__(url, pools, prefix, stream_maxlen, hooks, classifier)
         self.client = client if client is not None else connect_async(url)
         scripts = {name: self.client.register_script(script_source(name)) for name in SCRIPT_NAMES}
         self._pools = {name: AsyncPool(proto, self.client, scripts) for name, proto in self._protocols.items()}
@@ -119,6 +202,64 @@ class AsyncCoordinator(_Base):
     def pool(self, name: str) -> AsyncPool:
         self._protocol(name)
         return self._pools[name]
+
+    @overload
+    async def call(
+        self,
+        pools: str | Sequence[str],
+        fn: Callable[[Member], Awaitable[T]],
+        *,
+        deadline: float | None = None,
+        max_retries: int | None = None,
+        classifier: Classifier | None = None,
+        hooks: Iterable[Hook] = (),
+        sleep: Callable[[float], object] | None = None,
+        rng: RandomSource | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> T: ...
+
+    @overload
+    async def call(
+        self,
+        pools: str | Sequence[str],
+        fn: Callable[[Member], T],
+        *,
+        deadline: float | None = None,
+        max_retries: int | None = None,
+        classifier: Classifier | None = None,
+        hooks: Iterable[Hook] = (),
+        sleep: Callable[[float], object] | None = None,
+        rng: RandomSource | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> T: ...
+
+    async def call(
+        self,
+        pools: str | Sequence[str],
+        fn: Callable[[Member], Any],
+        *,
+        deadline: float | None = None,
+        max_retries: int | None = None,
+        classifier: Classifier | None = None,
+        hooks: Iterable[Hook] = (),
+        sleep: Callable[[float], object] | None = None,
+        rng: RandomSource | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Any:
+        """``Coordinator.call`` for asyncio. ``fn`` may be sync or async, return an awaitable, an async
+        iterator or an iterator (or be an async generator function). ``sleep`` may be sync or async
+        (default ``asyncio.sleep``). Cancelling the task cancels the call at once, touching no state.
+        """
+        plan = self._plan(
+            pools, deadline=deadline, max_retries=max_retries, classifier=classifier, rng=rng, clock=clock
+        )
+        return await run_async(
+            plan,
+            {cfg.name: self.pool(cfg.name) for cfg in plan.pools},
+            fn,
+            hooks=[*self.hooks, *hooks],
+            sleep=sleep if sleep is not None else asyncio.sleep,
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()
