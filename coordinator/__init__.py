@@ -31,6 +31,7 @@ from ._hints import preemptive_cooldown, rate_limit_hint
 from ._hooks import AttemptEvent, Hook, HookEvent, LoggingHook, TransitionEvent
 from ._keys import KeySchema
 from ._pool import AsyncPool, Pool
+from ._transport import POOLS_HEADER, FailoverTransport
 from ._types import (
     FailoverEvent,
     FailureResult,
@@ -57,6 +58,7 @@ __all__ = [
     "CorruptStateError",
     "ExhaustedPolicy",
     "FailoverEvent",
+    "FailoverTransport",
     "Failure",
     "FailureKind",
     "FailureResult",
@@ -66,6 +68,7 @@ __all__ = [
     "LoggingHook",
     "Member",
     "MemberState",
+    "POOLS_HEADER",
     "ParkResult",
     "Pool",
     "PoolConfig",

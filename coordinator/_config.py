@@ -155,6 +155,9 @@ class PoolConfig(_Model):
     failback_after: Duration = 0.0
     probe_timeout: Duration = 30.0
     rotate_for: Duration = 600.0
+    #: Header the transport puts a member's secret in: "authorization" sends "Bearer <secret>"
+    #: (OpenAI and most others); any other name gets the bare secret ("x-api-key" for Anthropic).
+    auth_header: str = Field(default="authorization", pattern=r"^[A-Za-z0-9-]{1,64}$")
     # -- the failover executor (DESIGN 3.6, 3.7) --
     #: Tries of one member on transient errors within one call before moving on (1 = no retry).
     attempts_per_member: int = Field(default=3, ge=1, le=100)

@@ -22,6 +22,7 @@ from ._keys import KeySchema
 from ._pool import AsyncPool, Pool
 from ._protocol import DEFAULT_STREAM_MAXLEN, PoolProtocol
 from ._scripts import SCRIPT_NAMES, script_source
+from ._transport import FailoverTransport
 
 T = TypeVar("T")
 
@@ -82,6 +83,15 @@ class _Base:
             clock=clock if clock is not None else time.monotonic,
             rng=rng,
         )
+
+    def transport(self, pools: str | Sequence[str], inner: Any = None, **call_options: Any) -> FailoverTransport:
+        """An httpx (or httpx2) transport that fails over across ``pools`` (a pool or a chain).
+
+        ``inner`` is the transport that really sends (default: the HTTP library's own);
+        ``call_options`` go to every ``call`` (e.g. ``deadline``). Sync with ``Coordinator``, async
+        with ``AsyncCoordinator``.
+        """
+        return FailoverTransport(self, pools, inner, **call_options)  # type: ignore[arg-type]
 
     def _protocol(self, name: str) -> PoolProtocol:
         try:

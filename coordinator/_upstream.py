@@ -15,14 +15,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-#: Behaviours a key can have. ``after:N:<behaviour>`` serves N requests fine, then behaves so.
+#: Behaviours a key can have. ``after:N:<behaviour>`` serves N requests fine, then behaves so;
+#: ``first:N:<behaviour>`` behaves so for N requests, then serves fine.
 BEHAVIOURS = (
     "ok",
     "ok_last_request",  # 200 with x-ratelimit-remaining-requests: 0 (and anthropic-ratelimit-*-remaining: 0)
-    "rate_limited",  # 429 rate_limit_exceeded, retry-after: <retry_after>
+    "rate_limited",  # 429 rate_limit_exceeded with every reset header: retry-after, OpenAI and Anthropic
+    "rate_limited_retry_after",  # 429 with only retry-after: <seconds>
+    "rate_limited_http_date",  # 429 with only retry-after: <HTTP date>
+    "rate_limited_ms",  # 429 with only retry-after-ms
+    "rate_limited_openai",  # 429 with only x-ratelimit-reset-requests / -tokens (e.g. "1m30s")
+    "rate_limited_anthropic",  # 429 with only anthropic-ratelimit-requests-reset (RFC 3339)
     "quota",  # 429 insufficient_quota, resets an hour away
     "auth",  # 401
     "server_error",  # 500
@@ -76,9 +83,35 @@ _ERRORS: dict[str, tuple[int, tuple[str, str], tuple[str, str | None, str]]] = {
 }
 
 
-def _http_date(seconds_from_now: float) -> str:
+def _rfc3339(seconds_from_now: float) -> str:
     moment = datetime.now(UTC) + timedelta(seconds=seconds_from_now)
     return moment.isoformat().replace("+00:00", "Z")
+
+
+def _go_duration(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:g}s" if minutes else f"{rest:g}s"
+
+
+def _reset_headers(behaviour: str, retry_after: float) -> dict[str, str]:
+    """The reset headers a 429 of this flavour carries, each saying ``retry_after`` seconds."""
+    every = {
+        "retry-after": f"{retry_after:g}",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": _go_duration(retry_after),
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": _rfc3339(retry_after),
+    }
+    only = {
+        "rate_limited_retry_after": {"retry-after": every["retry-after"]},
+        "rate_limited_http_date": {"retry-after": formatdate(time.time() + retry_after, usegmt=True)},
+        "rate_limited_ms": {"retry-after-ms": f"{retry_after * 1000:g}"},
+        "rate_limited_openai": {key: every[key] for key in ("x-ratelimit-remaining-requests",
+                                                            "x-ratelimit-reset-requests")},
+        "rate_limited_anthropic": {key: every[key] for key in ("anthropic-ratelimit-requests-remaining",
+                                                               "anthropic-ratelimit-requests-reset")},
+    }
+    return only.get(behaviour, every)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -153,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
                     "x-ratelimit-remaining-requests": "0",
                     "x-ratelimit-reset-requests": f"{retry_after:g}s",
                     "anthropic-ratelimit-requests-remaining": "0",
-                    "anthropic-ratelimit-requests-reset": _http_date(retry_after),
+                    "anthropic-ratelimit-requests-reset": _rfc3339(retry_after),
                 }
             if stream:
                 events = self._anthropic_stream(model) if anthropic else self._openai_stream(model)
@@ -162,14 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(200, self._anthropic_message(model) if anthropic else self._openai_completion(model),
                                 headers)
             return 200
-        if behaviour == "rate_limited":
-            headers = {
-                "retry-after": f"{retry_after:g}",
-                "x-ratelimit-remaining-requests": "0",
-                "x-ratelimit-reset-requests": f"{retry_after:g}s",
-                "anthropic-ratelimit-requests-remaining": "0",
-                "anthropic-ratelimit-requests-reset": _http_date(retry_after),
-            }
+        if behaviour.startswith("rate_limited"):
+            headers = _reset_headers(behaviour, retry_after)
             body = (_anthropic_error("rate_limit_error", "Number of requests has exceeded your rate limit")
                     if anthropic else
                     _openai_error(429, "requests", "rate_limit_exceeded", "Rate limit reached for requests"))
@@ -177,7 +204,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 429
         if behaviour == "quota":
             headers = {"x-ratelimit-reset-requests": "1h0m0s", "retry-after": "3600",
-                       "anthropic-ratelimit-requests-reset": _http_date(3600)}
+                       "anthropic-ratelimit-requests-reset": _rfc3339(3600)}
             body = (_anthropic_error("rate_limit_error", "Your credit balance is too low")
                     if anthropic else
                     _openai_error(429, "insufficient_quota", "insufficient_quota",
@@ -291,9 +318,10 @@ class FakeUpstream:
                 return "auth", 0.0
             account.served += 1
             behaviour = account.behaviour
-            if behaviour.startswith("after:"):
-                _, count, then = behaviour.split(":", 2)
-                behaviour = "ok" if account.served <= int(count) else then
+            if behaviour.startswith(("after:", "first:")):
+                when, count, then = behaviour.split(":", 2)
+                early = account.served <= int(count)
+                behaviour = ("ok" if early else then) if when == "after" else (then if early else "ok")
             return behaviour, account.retry_after
 
     def record(self, key: str, status: int) -> None:
