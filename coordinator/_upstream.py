@@ -47,12 +47,16 @@ class Account:
     behaviour: str = "ok"
     retry_after: float = 1.0
     served: int = 0
+    #: monotonic time until which this account told callers (with a 429) to stay away
+    resting_until: float = 0.0
 
 
 @dataclass
 class UpstreamStats:
     requests: Counter[str] = field(default_factory=Counter)
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
+    #: Requests that arrived at an account inside a rest window it had already announced with a 429.
+    hit_while_cooling: int = 0
 
 
 def _openai_error(status: int, kind: str, code: str | None, message: str) -> dict[str, Any]:
@@ -174,7 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
         model = str(body.get("model") or "unknown-model")
         stream = bool(body.get("stream"))
         status = self._respond(behaviour, retry_after, anthropic, model, stream)
-        self.server.upstream.record(key, status)
+        rest = 3600.0 if behaviour == "quota" else retry_after if behaviour.startswith("rate_limited") else 0.0
+        self.server.upstream.record(key, status, rest)
 
     # -- behaviours ------------------------------------------------------------------------------
 
@@ -317,6 +322,8 @@ class FakeUpstream:
             if account is None:
                 return "auth", 0.0
             account.served += 1
+            if time.monotonic() < account.resting_until:
+                self.stats.hit_while_cooling += 1
             behaviour = account.behaviour
             if behaviour.startswith(("after:", "first:")):
                 when, count, then = behaviour.split(":", 2)
@@ -324,10 +331,13 @@ class FakeUpstream:
                 behaviour = ("ok" if early else then) if when == "after" else (then if early else "ok")
             return behaviour, account.retry_after
 
-    def record(self, key: str, status: int) -> None:
+    def record(self, key: str, status: int, rest: float = 0.0) -> None:
         with self._lock:
             self.stats.requests[key] += 1
             self.stats.statuses[(key, status)] += 1
+            account = self._accounts.get(key)
+            if account is not None and rest > 0:
+                account.resting_until = max(account.resting_until, time.monotonic() + rest)
 
     def start(self) -> FakeUpstream:
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-upstream", daemon=True)
