@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, overload
@@ -19,10 +20,12 @@ from ._errors import ConfigError, UnknownPoolError
 from ._executor import CallPlan, run_async, run_sync
 from ._hooks import Hook
 from ._keys import KeySchema
+from ._notices import AsyncNoticeListener, NoticeListener
 from ._pool import AsyncPool, Pool
 from ._protocol import DEFAULT_STREAM_MAXLEN, PoolProtocol
 from ._scripts import SCRIPT_NAMES, script_source
 from ._transport import FailoverTransport
+from ._view import DEFAULT_STALENESS
 
 T = TypeVar("T")
 
@@ -36,8 +39,13 @@ class _Base:
         stream_maxlen: int,
         hooks: Iterable[Hook] = (),
         classifier: Classifier | None = None,
+        staleness: float = DEFAULT_STALENESS,
     ) -> None:
+        if not isinstance(staleness, int | float) or not 0 <= staleness <= 60:
+            raise ConfigError(f"staleness must be between 0 and 60 seconds, not {staleness!r}")
         self.url = url
+        #: Seconds a worker may reuse an acquire decision without asking Redis (0: never).
+        self.staleness = float(staleness)
         #: Observers of every ``call`` (see ``coordinator.Hook``); append to add more.
         self.hooks: list[Hook] = list(hooks)
         #: Tried before the built-in classification on every ``call``; None answers "don't know".
@@ -49,7 +57,16 @@ class _Base:
                 raise ConfigError(f"pools must be PoolConfig objects, got {type(cfg).__name__}")
             if cfg.name in self._protocols:
                 raise ConfigError(f"pool {cfg.name!r} is configured twice")
-            self._protocols[cfg.name] = PoolProtocol(cfg, self.keys, stream_maxlen)
+            self._protocols[cfg.name] = PoolProtocol(cfg, self.keys, stream_maxlen, staleness)
+
+    def _on_notice(self, pool: str, epoch: str, version: int) -> None:
+        proto = self._protocols.get(pool)
+        if proto is not None:
+            proto.view.notice(epoch, version)
+
+    def _resync(self) -> None:
+        for proto in self._protocols.values():
+            proto.view.forget()
 
     @classmethod
     def _config_args(cls, config: Config | str | os.PathLike[str]) -> dict[str, Any]:
@@ -116,11 +133,23 @@ class Coordinator(_Base):
         client: redis.Redis | None = None,
         hooks: Iterable[Hook] = (),
         classifier: Classifier | None = None,
+        staleness: float = DEFAULT_STALENESS,
     ) -> None:
-        super().__init__(url, pools, prefix, stream_maxlen, hooks, classifier)
+        super().__init__(url, pools, prefix, stream_maxlen, hooks, classifier, staleness)
         self.client = client if client is not None else connect(url)
         scripts = {name: self.client.register_script(script_source(name)) for name in SCRIPT_NAMES}
-        self._pools = {name: Pool(proto, self.client, scripts) for name, proto in self._protocols.items()}
+        self._listener: NoticeListener | None = None
+        self._listener_lock = threading.Lock()
+        self._pools = {
+            name: Pool(proto, self.client, scripts, self._start_listener) for name, proto in self._protocols.items()
+        }
+
+    def _start_listener(self) -> None:
+        # Started by the first acquire: a coordinator used only for operator actions needs none.
+        if self._listener is None and self.staleness > 0:
+            with self._listener_lock:
+                if self._listener is None:
+                    self._listener = NoticeListener(self.client, self.keys.channel, self._on_notice, self._resync)
 
     @classmethod
     def from_config(cls, config: Config | str | os.PathLike[str], **kwargs: Any) -> Coordinator:
@@ -177,6 +206,9 @@ class Coordinator(_Base):
         return result
 
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         self.client.close()
 
     def __enter__(self) -> Coordinator:
@@ -199,11 +231,17 @@ class AsyncCoordinator(_Base):
         client: redis.asyncio.Redis | None = None,
         hooks: Iterable[Hook] = (),
         classifier: Classifier | None = None,
+        staleness: float = DEFAULT_STALENESS,
     ) -> None:
-        super().__init__(url, pools, prefix, stream_maxlen, hooks, classifier)
+        super().__init__(url, pools, prefix, stream_maxlen, hooks, classifier, staleness)
         self.client = client if client is not None else connect_async(url)
         scripts = {name: self.client.register_script(script_source(name)) for name in SCRIPT_NAMES}
-        self._pools = {name: AsyncPool(proto, self.client, scripts) for name, proto in self._protocols.items()}
+        self._listener: AsyncNoticeListener | None = None
+        start: Callable[[], None] = lambda: None
+        if self.staleness > 0 and self._protocols:
+            self._listener = AsyncNoticeListener(self.client, self.keys.channel, self._on_notice, self._resync)
+            start = self._listener.ensure_started
+        self._pools = {name: AsyncPool(proto, self.client, scripts, start) for name, proto in self._protocols.items()}
 
     @classmethod
     def from_config(cls, config: Config | str | os.PathLike[str], **kwargs: Any) -> AsyncCoordinator:
@@ -272,6 +310,8 @@ class AsyncCoordinator(_Base):
         )
 
     async def aclose(self) -> None:
+        if self._listener is not None:
+            await self._listener.aclose()
         await self.client.aclose()
 
     async def __aenter__(self) -> AsyncCoordinator:

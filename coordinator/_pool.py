@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
 import redis
@@ -9,7 +10,7 @@ import redis.asyncio
 
 from ._errors import StoreUnavailableError
 from ._protocol import Op, PoolProtocol
-from ._types import FailoverEvent, FailureResult, ParkResult, Selection, Snapshot, SuccessResult
+from ._types import FailoverEvent, FailureResult, ParkResult, Result, Selection, Snapshot, SuccessResult
 
 T = TypeVar("T")
 
@@ -28,12 +29,15 @@ def _reraise(proto: PoolProtocol, exc: redis.RedisError) -> NoReturn:
 class Pool:
     """One pool's shared state, seen from a sync worker. Get it from ``Coordinator.pool(name)``."""
 
-    def __init__(self, proto: PoolProtocol, client: redis.Redis, scripts: dict[str, Any]) -> None:
+    def __init__(self, proto: PoolProtocol, client: redis.Redis, scripts: dict[str, Any],
+                 on_use: Callable[[], None] = lambda: None) -> None:
         self._proto = proto
         self._client = client
         self._scripts = scripts
         self.name = proto.name
         self.config = proto.config
+        # Starts the coordinator's change-notice listener, which the local view relies on.
+        self._started = on_use
 
     def _run(self, op: Op[T]) -> T:
         script = self._scripts[op.script]
@@ -46,13 +50,14 @@ class Pool:
         return op.parse(data)
 
     def acquire(self) -> Selection:
-        return self._run(self._proto.acquire())
+        self._started()
+        return self._proto.local_acquire() or self._run(self._proto.acquire())
 
     def report_failure(self, selection: Selection, kind: str, retry_after: float | None = None) -> FailureResult:
         return self._run(self._proto.report_failure(selection, kind, retry_after))
 
     def report_success(self, selection: Selection) -> SuccessResult:
-        return self._run(self._proto.report_success(selection))
+        return self._proto.local_success(selection) or self._run(self._proto.report_success(selection))
 
     def park(self, member_id: str, seconds: float | None = None, reason: str = "") -> ParkResult:
         return self._run(self._proto.park(member_id, seconds, reason))
@@ -62,6 +67,11 @@ class Pool:
 
     def rotate(self, reason: str = "manual", seconds: float | None = None) -> ParkResult:
         return self._run(self._proto.rotate(seconds, reason))
+
+    def reset(self, reason: str = "reset") -> Result:
+        """Replace the pool's state, even a corrupt one, with a fresh one (new epoch, one ``reset`` event,
+        the event history dropped). Cooldowns are forgotten; unexpired parks of configured members are kept."""
+        return self._run(self._proto.reset(reason))
 
     def snapshot(self) -> Snapshot:
         return self._run(self._proto.snapshot())
@@ -89,12 +99,15 @@ class Pool:
 class AsyncPool:
     """One pool's shared state, seen from an asyncio worker. Same API as ``Pool``, awaitable."""
 
-    def __init__(self, proto: PoolProtocol, client: redis.asyncio.Redis, scripts: dict[str, Any]) -> None:
+    def __init__(self, proto: PoolProtocol, client: redis.asyncio.Redis, scripts: dict[str, Any],
+                 on_use: Callable[[], None] = lambda: None) -> None:
         self._proto = proto
         self._client = client
         self._scripts = scripts
         self.name = proto.name
         self.config = proto.config
+        # Starts the coordinator's change-notice listener on the running loop (it needs one).
+        self._started = on_use
 
     async def _run(self, op: Op[T]) -> T:
         script = self._scripts[op.script]
@@ -107,7 +120,9 @@ class AsyncPool:
         return op.parse(data)
 
     async def acquire(self) -> Selection:
-        return await self._run(self._proto.acquire())
+        self._started()
+        local = self._proto.local_acquire()
+        return local if local is not None else await self._run(self._proto.acquire())
 
     async def report_failure(
         self, selection: Selection, kind: str, retry_after: float | None = None
@@ -115,7 +130,8 @@ class AsyncPool:
         return await self._run(self._proto.report_failure(selection, kind, retry_after))
 
     async def report_success(self, selection: Selection) -> SuccessResult:
-        return await self._run(self._proto.report_success(selection))
+        local = self._proto.local_success(selection)
+        return local if local is not None else await self._run(self._proto.report_success(selection))
 
     async def park(self, member_id: str, seconds: float | None = None, reason: str = "") -> ParkResult:
         return await self._run(self._proto.park(member_id, seconds, reason))
@@ -125,6 +141,10 @@ class AsyncPool:
 
     async def rotate(self, reason: str = "manual", seconds: float | None = None) -> ParkResult:
         return await self._run(self._proto.rotate(seconds, reason))
+
+    async def reset(self, reason: str = "reset") -> Result:
+        """Replace the pool's state, even a corrupt one, with a fresh one (see ``Pool.reset``)."""
+        return await self._run(self._proto.reset(reason))
 
     async def snapshot(self) -> Snapshot:
         return await self._run(self._proto.snapshot())

@@ -10,7 +10,8 @@ import hashlib
 import json
 import math
 import re
-import secrets
+import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -18,11 +19,13 @@ from typing import Any, Generic, TypeVar
 from ._config import COOLING_KINDS, PoolConfig
 from ._errors import CoordinatorError, CorruptStateError, PoolExhaustedError, UnknownMemberError
 from ._keys import KeySchema
+from ._view import DEFAULT_STALENESS, PoolView
 from ._types import (
     FailoverEvent,
     FailureResult,
     MemberState,
     ParkResult,
+    Result,
     Selection,
     Snapshot,
     SuccessResult,
@@ -60,6 +63,10 @@ def _collect_entries(value: Any, out: list[tuple[Any, Any]]) -> None:
             _collect_entries(item, out)
 
 
+def _nonce() -> str:
+    return os.urandom(8).hex()
+
+
 def _events(data: dict[str, Any]) -> tuple[str, ...]:
     text = data.get("events") or ""
     return tuple(text.split(",")) if text else ()
@@ -68,7 +75,14 @@ def _events(data: dict[str, Any]) -> tuple[str, ...]:
 class PoolProtocol:
     """Builds script calls for one pool and interprets their replies. Does no I/O."""
 
-    def __init__(self, config: PoolConfig, keys: KeySchema, stream_maxlen: int = DEFAULT_STREAM_MAXLEN):
+    def __init__(
+        self,
+        config: PoolConfig,
+        keys: KeySchema,
+        stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
+        staleness: float = DEFAULT_STALENESS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.config = config
         self.name = config.name
         self.keys = keys
@@ -82,13 +96,15 @@ class PoolProtocol:
         self.spec_json = json.dumps(spec, separators=(",", ":"), sort_keys=True)
         self.digest = hashlib.sha1(self.spec_json.encode()).hexdigest()[:16]
         self.stream_maxlen = str(stream_maxlen)
+        self.clock = clock
+        self.view = PoolView(config.name, self._members, staleness)
 
     # -- the common ARGV -------------------------------------------------------------------------
 
     def argv(self, op: Op[Any], with_spec: bool) -> list[str]:
         digest = "*" if op.script == "snapshot" else self.digest
         spec = self.spec_json if with_spec else ""
-        return [self.keys.channel, self.name, digest, spec, secrets.token_hex(8), self.stream_maxlen, *op.args]
+        return [self.keys.channel, self.name, digest, spec, _nonce(), self.stream_maxlen, *op.args]
 
     @staticmethod
     def needs_spec(data: dict[str, Any]) -> bool:
@@ -111,9 +127,20 @@ class PoolProtocol:
         if code == "COORD_CORRUPT":
             return CorruptStateError(f"pool {self.name!r}: corrupt state: {detail}; nothing was written")
         if code == "COORD_UNKNOWN_MEMBER":
+            if detail in self._members:
+                # The worker's config has it and its digest matched: the stored list was altered.
+                return CorruptStateError(
+                    f"pool {self.name!r}: corrupt state: {self.keys.pool(self.name)} field members lacks "
+                    f"configured member {detail!r}; nothing was written"
+                )
             return UnknownMemberError(self.name, detail)
         if code == "COORD_BAD_ARGUMENT":
             return CoordinatorError(f"pool {self.name!r}: {detail}")
+        if code == "WRONGTYPE":
+            # Only the plain stream reads (events) can meet it: every script checks TYPE first.
+            return CorruptStateError(
+                f"pool {self.name!r}: corrupt state: {self.events_key} is not a stream; nothing was written"
+            )
         return None
 
     def member_id(self, member_id: str) -> str:
@@ -122,6 +149,7 @@ class PoolProtocol:
         return member_id
 
     def _common(self, data: dict[str, Any]) -> dict[str, Any]:
+        self._check_known(data)
         return {
             "pool": self.name,
             "transitioned": bool(data.get("transitioned")),
@@ -135,12 +163,18 @@ class PoolProtocol:
 
     # -- operations ------------------------------------------------------------------------------
 
+    def local_acquire(self) -> Selection | None:
+        """A selection decided without Redis from the view, or None: run ``acquire()``."""
+        return self.view.selection(self.clock())
+
     def acquire(self) -> Op[Selection]:
         cfg = self.config
-        args = [secrets.token_hex(8), _ms(cfg.probe_timeout), _ms(cfg.failback_after)]
+        args = [_nonce(), _ms(cfg.probe_timeout), _ms(cfg.failback_after)]
         return Op("acquire", self._keys, args, self._parse_acquire)
 
     def _parse_acquire(self, data: dict[str, Any]) -> Selection:
+        self._check_known(data)
+        self.view.learn_acquire(data, self.clock())
         member_id = data.get("member") or ""
         if not member_id:
             raise PoolExhaustedError(
@@ -187,6 +221,9 @@ class PoolProtocol:
         return Op("report_failure", self._keys, args, self._parse_failure)
 
     def _parse_failure(self, data: dict[str, Any]) -> FailureResult:
+        # The next acquire asks Redis: this failure may have moved the pointer.
+        self.view.observe(data)
+        self.view.forget()
         return FailureResult(
             **self._common(data),
             stale=bool(data.get("stale")),
@@ -195,12 +232,22 @@ class PoolProtocol:
             failures=int(data.get("failures", 0)),
         )
 
+    def local_success(self, selection: Selection) -> SuccessResult | None:
+        """The result of a success that, as far as the view knows, would change nothing in Redis;
+        None when it must be reported (``report_success()``)."""
+        self._check_selection(selection)
+        now = self.clock()
+        if self.view.success_is_news(selection, now):
+            return None
+        return self._parse_success(self.view.quiet_success(selection, now))
+
     def report_success(self, selection: Selection) -> Op[SuccessResult]:
         self._check_selection(selection)
         args = [selection.member.id, selection.epoch, str(selection.generation), selection.lease]
         return Op("report_success", self._keys, args, self._parse_success)
 
     def _parse_success(self, data: dict[str, Any]) -> SuccessResult:
+        self.view.observe(data)
         return SuccessResult(**self._common(data), reset=bool(data.get("reset")))
 
     def park(self, member_id: str, seconds: float | None, reason: str) -> Op[ParkResult]:
@@ -220,9 +267,19 @@ class PoolProtocol:
         return Op("rotate", self._keys, args, lambda data: self._parse_park(data, data.get("member", "")))
 
     def _parse_park(self, data: dict[str, Any], member_id: str) -> ParkResult:
+        self.view.observe(data)
         return ParkResult(
             **self._common(data), member=member_id, parked_until=ms_to_seconds(data.get("parked_until"))
         )
+
+    def reset(self, reason: str) -> Op[Result]:
+        return Op("reset", self._keys, [self._reason(reason)], self._parse_reset)
+
+    def _parse_reset(self, data: dict[str, Any]) -> Result:
+        # A new epoch: no decision of the old one may be reused.
+        self.view.observe(data)
+        self.view.forget()
+        return Result(**self._common(data))
 
     def snapshot(self) -> Op[Snapshot]:
         return Op("snapshot", self._keys, [], self._parse_snapshot)
@@ -338,6 +395,9 @@ class PoolProtocol:
                 generation = int(f["generation"])
                 kind = f["type"]
                 epoch = f["epoch"]
+                # Our entries get ids from XADD *: server milliseconds, 13 digits until the year 2286.
+                if not _STREAM_ID_RE.match(entry_id) or len(entry_id.split("-")[0]) > 13:
+                    raise ValueError(entry_id)
             except (KeyError, ValueError) as exc:
                 raise CorruptStateError(
                     f"pool {self.name!r}: event stream {self.events_key} holds an entry {entry_id} "
@@ -363,6 +423,17 @@ class PoolProtocol:
         return events
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _check_known(self, data: dict[str, Any]) -> None:
+        # Every script but snapshot runs under this worker's membership digest, so a reply can name a
+        # member this worker does not know only when someone altered the stored members by hand.
+        for name in ("member", "active"):
+            member_id = data.get(name) or ""
+            if member_id and member_id not in self._members:
+                raise CorruptStateError(
+                    f"pool {self.name!r}: corrupt state: {self.keys.pool(self.name)} field members names "
+                    f"{member_id!r}, which is not in this worker's config; repair it with reset()"
+                )
 
     def _check_selection(self, selection: Selection) -> None:
         if selection.pool != self.name:

@@ -13,6 +13,11 @@
 --   retry_at    ms when `member` recovers (degraded), else -1
 --   lease       probe lease id when this caller holds the pool's half-open probe, else ""
 --   transitioned true when this call made a transition
+--   valid_until  ms until which this decision holds unless a write (and its change notice) intervenes:
+--                the worker may serve later acquires from it locally; 0 means ask again every time
+--   rotation     round_robin: the available members as "id:weight,id:weight"
+--   dirty        members whose failure or ejection counts are not zero ("a,b"): their successes
+--                must be reported; for the others a success changes nothing
 
 local S, err = load()
 if not S then return err end
@@ -82,6 +87,36 @@ else
   end
 end
 
+-- How long this answer stays right by time alone. Sticky: until a write (cooldowns only lapse, and a
+-- lapse never moves a sticky pointer). Priority: until a lower member may be probed. Round robin:
+-- until a cooling member rejoins the rotation. Degraded answers and probes are never reused.
+local valid_until, rotation = 0, {}
+if member ~= '' and not degraded and lease == '' then
+  valid_until = S.now + 86400000
+  if S.strategy == 'round_robin' then
+    for _, id in ipairs(S.ids) do
+      local t = ready_at(S, id)
+      if t == 0 then
+        rotation[#rotation + 1] = id .. ':' .. S.weights[id]
+      elseif t < valid_until then
+        valid_until = t
+      end
+    end
+  elseif S.strategy == 'priority' then
+    for i = 1, S.pos[S.active] - 1 do
+      local id = S.ids[i]
+      local t = math.max(ready_at(S, id), S.m[id].cooling_until + failback_after)
+      if t <= S.now then t = tonumber(string.match(S.probe, '|(%d+)$')) or S.now end
+      if t < valid_until then valid_until = t end
+    end
+  end
+end
+local dirty = {}
+for _, id in ipairs(S.ids) do
+  if S.m[id].failures > 0 or S.m[id].ejections > 0 then dirty[#dirty + 1] = id end
+end
+
 commit(S)
 return reply(S, {member = member, degraded = degraded, retry_at = retry_at, lease = lease,
-                 transitioned = transitioned})
+                 transitioned = transitioned, valid_until = valid_until,
+                 rotation = table.concat(rotation, ','), dirty = table.concat(dirty, ',')})
