@@ -52,7 +52,10 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '90s', not a boolean")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond float range, e.g. a 400-digit TOML integer
+            raise ValueError("invalid duration: a number too large to be seconds") from None
     elif isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
         if not text:
@@ -81,7 +84,8 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 def check_id(value: str, what: str = "id") -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
+    # fullmatch: with match(), "$" would also accept a trailing newline.
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise ValueError(
             f"invalid {what} {value!r}: use 1-128 characters from A-Z a-z 0-9 . _ @ + -, "
             "starting with a letter or digit"
@@ -198,7 +202,7 @@ class RedisConfig(_Model):
     @field_validator("prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$", value):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}", value):
             raise ValueError(f"invalid prefix {value!r}: use A-Z a-z 0-9 . _ : - (at most 64)")
         return value
 
@@ -252,6 +256,8 @@ def load_config(path: str | os.PathLike[str] = "coordinator.toml") -> Config:
         raise ConfigError(f"{file}: cannot read config file: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # an integer of 4300+ digits; nesting thousands deep
+        raise ConfigError(f"{file}: not usable TOML: {str(exc)[:200]}") from None
     env_url = os.environ.get("COORDINATOR_REDIS_URL")
     if env_url:
         section = raw.get("redis")

@@ -30,6 +30,10 @@ from ._view import DEFAULT_STALENESS
 T = TypeVar("T")
 
 
+def _nothing() -> None:
+    pass
+
+
 class _Base:
     def __init__(
         self,
@@ -237,10 +241,9 @@ class AsyncCoordinator(_Base):
         self.client = client if client is not None else connect_async(url)
         scripts = {name: self.client.register_script(script_source(name)) for name in SCRIPT_NAMES}
         self._listener: AsyncNoticeListener | None = None
-        start: Callable[[], None] = lambda: None
         if self.staleness > 0 and self._protocols:
             self._listener = AsyncNoticeListener(self.client, self.keys.channel, self._on_notice, self._resync)
-            start = self._listener.ensure_started
+        start = self._listener.ensure_started if self._listener is not None else _nothing
         self._pools = {name: AsyncPool(proto, self.client, scripts, start) for name, proto in self._protocols.items()}
 
     @classmethod

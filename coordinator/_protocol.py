@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +19,6 @@ from typing import Any, Generic, TypeVar
 from ._config import COOLING_KINDS, PoolConfig
 from ._errors import CoordinatorError, CorruptStateError, PoolExhaustedError, UnknownMemberError
 from ._keys import KeySchema
-from ._view import DEFAULT_STALENESS, PoolView
 from ._types import (
     FailoverEvent,
     FailureResult,
@@ -31,6 +30,7 @@ from ._types import (
     SuccessResult,
     ms_to_seconds,
 )
+from ._view import DEFAULT_STALENESS, PoolView
 
 T = TypeVar("T")
 

@@ -24,6 +24,16 @@
 local FOREVER = 'forever'
 local STRATEGIES = {sticky = true, priority = true, round_robin = true}
 local NEED_SPEC = '{"need_spec":true}'
+-- Lua numbers are doubles and tostring() prints only 14 significant digits: a longer integer would
+-- be written back as "1e+14" and then be unreadable. Integer fields are read only up to 13 digits, so
+-- a counter incremented by a script still prints exactly; deadlines (ms) have 13 digits until the
+-- year 2286, and spans are capped at 100 years so that every deadline a script writes stays readable.
+local MAX_DIGITS = 13
+local MAX_SPAN_MS = 100 * 365 * 86400000
+-- Member ids as the Python config admits them (coordinator._config.ID_PATTERN).
+local ID_PATTERN = '^[%w][%w%._@%+%-]*$'
+local MAX_ID_LENGTH = 128
+local MAX_WEIGHT = 1000
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -34,12 +44,32 @@ local function corrupt(what)
   return redis.error_reply('COORD_CORRUPT ' .. KEYS[1] .. ' ' .. what)
 end
 
--- Strict integer parse: tonumber() alone accepts "nan", "inf", "0x10" and " 12 ".
+-- Strict parse of a non-negative integer field: tonumber() alone accepts "nan", "inf", "0x10",
+-- " 12 ", "-5" and 400-digit strings (which become inf). No field is ever negative.
 local function int_field(h, field, default)
   local v = h[field]
   if v == nil or v == false then return default end
-  if type(v) ~= 'string' or not string.match(v, '^%-?%d+$') then return nil end
+  if type(v) ~= 'string' or #v > MAX_DIGITS or not string.match(v, '^%d+$') then return nil end
   return tonumber(v)
+end
+
+-- Why the stored membership (ids and weights) cannot be used, or nil when it can.
+local function bad_membership(ids, weights)
+  if #ids == 0 then return 'field members is empty' end
+  if #weights ~= #ids then return 'field weights does not match field members' end
+  local seen = {}
+  for i, id in ipairs(ids) do
+    if #id > MAX_ID_LENGTH or not string.match(id, ID_PATTERN) then
+      return 'field members holds an invalid member id'
+    end
+    if seen[id] then return 'field members names ' .. id .. ' twice' end
+    seen[id] = true
+    local w = weights[i]
+    if #w > 4 or not string.match(w, '^%d+$') or tonumber(w) < 1 or tonumber(w) > MAX_WEIGHT then
+      return 'field weights holds a weight that is not an integer from 1 to ' .. MAX_WEIGHT
+    end
+  end
+  return nil
 end
 
 local function split_csv(s)
@@ -92,6 +122,14 @@ local function load()
   if t2 ~= 'stream' and t2 ~= 'none' then
     return nil, redis.error_reply('COORD_CORRUPT ' .. KEYS[2] .. ' has type ' .. t2 .. ', expected stream')
   end
+  if t2 == 'stream' then
+    -- XADD * can fail on a stream whose last id is absurdly far ahead (the id space ends), and that
+    -- would be after the state hash was written. Scripts' own ids are server milliseconds.
+    local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+    if last ~= nil and #(string.match(last[1], '^(%d+)') or '') > MAX_DIGITS then
+      return nil, redis.error_reply('COORD_CORRUPT ' .. KEYS[2] .. ' holds an entry id far in the future')
+    end
+  end
   local S = {now = now_ms(), set = {}, del = {}, events = {}, changed = false, created = false, m = {}}
   local flat = redis.call('HGETALL', KEYS[1])
   local h = {}
@@ -103,6 +141,10 @@ local function load()
     if spec_json == '' then return nil, NEED_SPEC end
   else
     if h.epoch == nil or h.epoch == '' then return nil, corrupt('has no epoch') end
+    -- The epoch travels in change notices "<pool> <epoch> <generation> <version>" and in tokens.
+    if #h.epoch > 64 or not string.match(h.epoch, '^[%w%._:%-]+$') then
+      return nil, corrupt('field epoch is not a valid epoch')
+    end
     S.epoch = h.epoch
     S.generation = int_field(h, 'generation', nil)
     S.version = int_field(h, 'version', nil)
@@ -117,8 +159,10 @@ local function load()
     S.strategy = h.strategy
     if not STRATEGIES[S.strategy or ''] then return nil, corrupt('field strategy is not a known strategy') end
     local ids = split_csv(h.members)
-    if #ids == 0 then return nil, corrupt('field members is empty') end
-    set_members(S, ids, split_csv(h.weights))
+    local weights = split_csv(h.weights)
+    local problem = bad_membership(ids, weights)
+    if problem then return nil, corrupt(problem) end
+    set_members(S, ids, weights)
     for _, id in ipairs(ids) do
       local problem = read_member(S, h, id)
       if problem then return nil, corrupt(problem) end
@@ -126,6 +170,9 @@ local function load()
     S.active = h.active or ''
     if S.active ~= '' and S.pos[S.active] == nil then return nil, corrupt('field active names no member') end
     if S.strategy ~= 'round_robin' and S.active == '' then return nil, corrupt('field active is empty') end
+    if h.exhausted ~= nil and h.exhausted ~= '0' and h.exhausted ~= '1' then
+      return nil, corrupt('field exhausted is neither 0 nor 1')
+    end
     S.exhausted = h.exhausted == '1'
     S.probe = h.probe or ''
     S.digest = h.digest or ''
@@ -308,6 +355,7 @@ end
 -- Parks `id` for `duration` ms (-1: until unparked).
 local function park_member(S, id, duration, reason)
   local m = S.m[id]
+  if duration > MAX_SPAN_MS then duration = MAX_SPAN_MS end
   if duration < 0 then m.parked_until = math.huge else m.parked_until = S.now + duration end
   set_member(S, id, 'parked_until', m.parked_until == math.huge and FOREVER or m.parked_until)
   set_member(S, id, 'park_reason', reason)
@@ -389,6 +437,7 @@ local function cooldown_ms(base, multiplier, ejections, hint, min_ms, max_ms)
   end
   if d < min_ms then d = min_ms end
   if d > max_ms then d = max_ms end
+  if d > MAX_SPAN_MS then d = MAX_SPAN_MS end
   return math.floor(d)
 end
 
