@@ -22,14 +22,17 @@ import redis.asyncio.cluster
 import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ._errors import ConfigError
 
 SCHEMES = ("memory", "redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel",
            "rediss+sentinel")
-# redis-py's defaults wait forever; a coordinator must never hang a worker's call on Redis.
-CONNECT_TIMEOUT = 2.0
-READ_TIMEOUT = 5.0
+# redis-py's defaults wait forever; a coordinator must never hang a worker's call on Redis. A state
+# call takes well under a millisecond on a healthy server: a quarter second means it is not healthy.
+DEFAULT_TIMEOUT = 0.25
 
 _memory_servers: dict[str, Any] = {}
 _memory_lock = threading.Lock()
@@ -114,11 +117,13 @@ def _memory_server(name: str) -> Any:
         return server
 
 
-def _options(target: Target) -> dict[str, Any]:
+def _options(target: Target, timeout: float, retry: Any) -> dict[str, Any]:
     options: dict[str, Any] = {
         "decode_responses": True,
-        "socket_connect_timeout": CONNECT_TIMEOUT,
-        "socket_timeout": READ_TIMEOUT,
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+        # A timed-out script may have run: it must not be sent again blindly (the caller re-reads instead).
+        "retry": retry,
     }
     if target.username:
         options["username"] = target.username
@@ -129,45 +134,47 @@ def _options(target: Target) -> dict[str, Any]:
     return options
 
 
-def connect(url: str) -> Any:
-    """A sync client for the URL (see the module docstring)."""
+def connect(url: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """A sync client for the URL (see the module docstring), with ``timeout`` seconds to connect and
+    to read, and no automatic retries."""
     target = parse_url(url)
     if target.kind == "memory":
         import fakeredis
 
         return fakeredis.FakeRedis(server=_memory_server(target.name), decode_responses=True)
+    options = _options(target, timeout, Retry(NoBackoff(), 0))
     if target.kind == "single":
-        return redis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT
-        )
-    options = _options(target)
+        options.pop("ssl", None)
+        return redis.Redis.from_url(url, **options)
     if target.kind == "cluster":
+        # Cluster keeps redis-py's retries: they also carry the redirections a resharding causes.
+        options.pop("retry")
         nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.hosts]
         return redis.cluster.RedisCluster(startup_nodes=nodes, **options)
     sentinel = redis.sentinel.Sentinel(
-        list(target.hosts), socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT,
-        sentinel_kwargs={"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": READ_TIMEOUT},
+        list(target.hosts), socket_connect_timeout=timeout, socket_timeout=timeout,
+        sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout},
     )
     return sentinel.master_for(target.service, db=target.db, **options)
 
 
-def connect_async(url: str) -> Any:
-    """An asyncio client for the URL (see the module docstring)."""
+def connect_async(url: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """An asyncio client for the URL; the same options as ``connect``."""
     target = parse_url(url)
     if target.kind == "memory":
         import fakeredis
 
         return fakeredis.FakeAsyncRedis(server=_memory_server(target.name), decode_responses=True)
+    options = _options(target, timeout, AsyncRetry(NoBackoff(), 0))
     if target.kind == "single":
-        return redis.asyncio.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT
-        )
-    options = _options(target)
+        options.pop("ssl", None)
+        return redis.asyncio.Redis.from_url(url, **options)
     if target.kind == "cluster":
+        options.pop("retry")
         nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.hosts]
         return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **options)
     sentinel = redis.asyncio.sentinel.Sentinel(
-        list(target.hosts), socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT,
-        sentinel_kwargs={"socket_connect_timeout": CONNECT_TIMEOUT, "socket_timeout": READ_TIMEOUT},
+        list(target.hosts), socket_connect_timeout=timeout, socket_timeout=timeout,
+        sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout},
     )
     return sentinel.master_for(target.service, db=target.db, **options)

@@ -439,7 +439,8 @@ class Session:
                     raise CliError(f"invalid Redis URL {safe_url(url)!r}: {exc}") from None
             # Cluster and Sentinel clients connect while they are built; the library's own timeouts apply.
             # An operator's view is always read from Redis, never from a local decision.
-            self._coordinator = Coordinator.from_config(config, url=url, client=client, staleness=0)
+            self._coordinator = Coordinator.from_config(config, url=url, client=client, staleness=0,
+                                                        local_fallback=False)
         return self._coordinator
 
     def pools(self, name: str | None) -> list[Pool]:

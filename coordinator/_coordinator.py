@@ -12,7 +12,7 @@ from typing import Any, TypeVar, overload
 import redis
 import redis.asyncio
 
-from ._backend import connect, connect_async
+from ._backend import DEFAULT_TIMEOUT, connect, connect_async
 from ._backoff import RandomSource
 from ._classify import Classifier
 from ._config import Config, Member, PoolConfig, RedisConfig, load_config
@@ -23,7 +23,7 @@ from ._keys import KeySchema
 from ._notices import AsyncNoticeListener, NoticeListener
 from ._pool import AsyncPool, Pool
 from ._protocol import DEFAULT_STREAM_MAXLEN, PoolProtocol
-from ._scripts import SCRIPT_NAMES, script_source
+from ._store import DEFAULT_PROBE_INTERVAL, AsyncStore, SyncStore
 from ._transport import FailoverTransport
 from ._view import DEFAULT_STALENESS
 
@@ -124,7 +124,16 @@ class _Base:
 class Coordinator(_Base):
     """Fleet-wide failover state for sync workers.
 
-    ``url`` is ``memory://`` (embedded, this process only), ``redis://``, ``rediss://`` or ``unix://``.
+    - ``url``: ``memory://`` (embedded, this process only), ``redis://``, ``rediss://``, ``unix://``,
+      ``redis+cluster://``, ``redis+sentinel://`` (see the README).
+    - ``prefix``: the key prefix, one per tenant or product sharing a Redis.
+    - ``staleness``: seconds a worker may reuse an acquire decision without asking Redis (default 1;
+      change notices drop it sooner; 0 asks Redis on every acquire).
+    - ``timeout``: seconds to connect to and to hear from Redis before serving from local state.
+    - ``probe_interval``: while Redis is unreachable, how often one call tries it again.
+    - ``local_fallback``: serve acquire and reports from local state while Redis is unreachable
+      (default); False raises ``StoreUnavailableError`` instead (the CLI does, operators need truth).
+    - ``hooks``, ``classifier``: observers and a failure classifier for every ``call``.
     """
 
     def __init__(
@@ -138,15 +147,16 @@ class Coordinator(_Base):
         hooks: Iterable[Hook] = (),
         classifier: Classifier | None = None,
         staleness: float = DEFAULT_STALENESS,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        timeout: float = DEFAULT_TIMEOUT,
+        local_fallback: bool = True,
     ) -> None:
         super().__init__(url, pools, prefix, stream_maxlen, hooks, classifier, staleness)
-        self.client = client if client is not None else connect(url)
-        scripts = {name: self.client.register_script(script_source(name)) for name in SCRIPT_NAMES}
+        self.client = client if client is not None else connect(url, timeout)
+        self._store = SyncStore(self.client, self._protocols, url, probe_interval, self._resync, local_fallback)
         self._listener: NoticeListener | None = None
         self._listener_lock = threading.Lock()
-        self._pools = {
-            name: Pool(proto, self.client, scripts, self._start_listener) for name, proto in self._protocols.items()
-        }
+        self._pools = {name: Pool(proto, self._store, self._start_listener) for name, proto in self._protocols.items()}
 
     def _start_listener(self) -> None:
         # Started by the first acquire: a coordinator used only for operator actions needs none.
@@ -236,15 +246,18 @@ class AsyncCoordinator(_Base):
         hooks: Iterable[Hook] = (),
         classifier: Classifier | None = None,
         staleness: float = DEFAULT_STALENESS,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        timeout: float = DEFAULT_TIMEOUT,
+        local_fallback: bool = True,
     ) -> None:
         super().__init__(url, pools, prefix, stream_maxlen, hooks, classifier, staleness)
-        self.client = client if client is not None else connect_async(url)
-        scripts = {name: self.client.register_script(script_source(name)) for name in SCRIPT_NAMES}
+        self.client = client if client is not None else connect_async(url, timeout)
+        self._store = AsyncStore(self.client, self._protocols, url, probe_interval, self._resync, local_fallback)
         self._listener: AsyncNoticeListener | None = None
         if self.staleness > 0 and self._protocols:
             self._listener = AsyncNoticeListener(self.client, self.keys.channel, self._on_notice, self._resync)
         start = self._listener.ensure_started if self._listener is not None else _nothing
-        self._pools = {name: AsyncPool(proto, self.client, scripts, start) for name, proto in self._protocols.items()}
+        self._pools = {name: AsyncPool(proto, self._store, start) for name, proto in self._protocols.items()}
 
     @classmethod
     def from_config(cls, config: Config | str | os.PathLike[str], **kwargs: Any) -> AsyncCoordinator:

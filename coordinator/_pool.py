@@ -10,6 +10,7 @@ import redis.asyncio
 
 from ._errors import StoreUnavailableError
 from ._protocol import Op, PoolProtocol
+from ._store import AsyncStore, SyncStore
 from ._types import FailoverEvent, FailureResult, ParkResult, Result, Selection, Snapshot, SuccessResult
 
 T = TypeVar("T")
@@ -29,25 +30,17 @@ def _reraise(proto: PoolProtocol, exc: redis.RedisError) -> NoReturn:
 class Pool:
     """One pool's shared state, seen from a sync worker. Get it from ``Coordinator.pool(name)``."""
 
-    def __init__(self, proto: PoolProtocol, client: redis.Redis, scripts: dict[str, Any],
-                 on_use: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, proto: PoolProtocol, store: SyncStore, on_use: Callable[[], None] = lambda: None) -> None:
         self._proto = proto
-        self._client = client
-        self._scripts = scripts
+        self._store = store
+        self._client = store.client
         self.name = proto.name
         self.config = proto.config
         # Starts the coordinator's change-notice listener, which the local view relies on.
         self._started = on_use
 
     def _run(self, op: Op[T]) -> T:
-        script = self._scripts[op.script]
-        try:
-            data = self._proto.decode(script(keys=op.keys, args=self._proto.argv(op, False)))
-            if self._proto.needs_spec(data):
-                data = self._proto.decode(script(keys=op.keys, args=self._proto.argv(op, True)))
-        except redis.RedisError as exc:
-            _reraise(self._proto, exc)
-        return op.parse(data)
+        return self._store.run(self._proto, op)
 
     def acquire(self) -> Selection:
         self._started()
@@ -99,25 +92,17 @@ class Pool:
 class AsyncPool:
     """One pool's shared state, seen from an asyncio worker. Same API as ``Pool``, awaitable."""
 
-    def __init__(self, proto: PoolProtocol, client: redis.asyncio.Redis, scripts: dict[str, Any],
-                 on_use: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, proto: PoolProtocol, store: AsyncStore, on_use: Callable[[], None] = lambda: None) -> None:
         self._proto = proto
-        self._client = client
-        self._scripts = scripts
+        self._store = store
+        self._client = store.client
         self.name = proto.name
         self.config = proto.config
         # Starts the coordinator's change-notice listener on the running loop (it needs one).
         self._started = on_use
 
     async def _run(self, op: Op[T]) -> T:
-        script = self._scripts[op.script]
-        try:
-            data = self._proto.decode(await script(keys=op.keys, args=self._proto.argv(op, False)))
-            if self._proto.needs_spec(data):
-                data = self._proto.decode(await script(keys=op.keys, args=self._proto.argv(op, True)))
-        except redis.RedisError as exc:
-            _reraise(self._proto, exc)
-        return op.parse(data)
+        return await self._store.run(self._proto, op)
 
     async def acquire(self) -> Selection:
         self._started()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ._config import COOLING_KINDS, PoolConfig
-from ._errors import CoordinatorError, CorruptStateError, PoolExhaustedError, UnknownMemberError
+from ._errors import CoordinatorError, CorruptStateError, PoolExhaustedError, StoreError, UnknownMemberError
 from ._keys import KeySchema
 from ._types import (
     FailoverEvent,
@@ -47,6 +47,8 @@ class Op(Generic[T]):
     keys: list[str]
     args: list[str]
     parse: Callable[[dict[str, Any]], T]
+    #: An operator's action: refused, never served locally, while Redis is unreachable.
+    operator: bool = False
 
 
 def _ms(seconds: float) -> str:
@@ -136,6 +138,9 @@ class PoolProtocol:
             return UnknownMemberError(self.name, detail)
         if code == "COORD_BAD_ARGUMENT":
             return CoordinatorError(f"pool {self.name!r}: {detail}")
+        if code == "COORD_NOPERM":
+            # Redis appends " script: <sha>, on @user_script:<line>." to errors raised in a script.
+            return StoreError(f"pool {self.name!r}: {detail.split(' script: ')[0]}")
         if code == "WRONGTYPE":
             # Only the plain stream reads (events) can meet it: every script checks TYPE first.
             return CorruptStateError(
@@ -253,18 +258,19 @@ class PoolProtocol:
     def park(self, member_id: str, seconds: float | None, reason: str) -> Op[ParkResult]:
         self.member_id(member_id)
         args = [member_id, self._duration(seconds), self._reason(reason)]
-        return Op("park", self._keys, args, lambda data: self._parse_park(data, member_id))
+        return Op("park", self._keys, args, lambda data: self._parse_park(data, member_id), operator=True)
 
     def unpark(self, member_id: str) -> Op[ParkResult]:
         self.member_id(member_id)
-        return Op("unpark", self._keys, [member_id], lambda data: self._parse_park(data, member_id))
+        return Op("unpark", self._keys, [member_id], lambda data: self._parse_park(data, member_id), operator=True)
 
     def rotate(self, seconds: float | None, reason: str) -> Op[ParkResult]:
         if self.config.strategy == "round_robin":
             raise CoordinatorError(f"pool {self.name!r}: rotate needs an active member; round_robin has none")
         duration = self.config.rotate_for if seconds is None else seconds
         args = [self._duration(duration), self._reason(reason)]
-        return Op("rotate", self._keys, args, lambda data: self._parse_park(data, data.get("member", "")))
+        return Op("rotate", self._keys, args, lambda data: self._parse_park(data, data.get("member", "")),
+                  operator=True)
 
     def _parse_park(self, data: dict[str, Any], member_id: str) -> ParkResult:
         self.view.observe(data)
@@ -273,7 +279,7 @@ class PoolProtocol:
         )
 
     def reset(self, reason: str) -> Op[Result]:
-        return Op("reset", self._keys, [self._reason(reason)], self._parse_reset)
+        return Op("reset", self._keys, [self._reason(reason)], self._parse_reset, operator=True)
 
     def _parse_reset(self, data: dict[str, Any]) -> Result:
         # A new epoch: no decision of the old one may be reused.

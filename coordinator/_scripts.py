@@ -6,7 +6,8 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-SCRIPT_NAMES = ("acquire", "report_failure", "report_success", "park", "unpark", "rotate", "snapshot", "reset")
+SCRIPT_NAMES = ("acquire", "report_failure", "report_success", "park", "unpark", "rotate", "snapshot", "reset",
+                "merge")
 
 
 def _lua_dir() -> Path:

@@ -18,6 +18,9 @@
 --   rotation     round_robin: the available members as "id:weight,id:weight"
 --   dirty        members whose failure or ejection counts are not zero ("a,b"): their successes
 --                must be reported; for the others a success changes nothing
+--   states       (absent when empty) members not in their default state, each
+--                [id, cooling_until ms, cooling_kind, failures, ejections, parked_until ms (-1 until
+--                unparked, 0 not parked), park_reason]: the worker's fallback if Redis goes away
 
 local S, err = load()
 if not S then return err end
@@ -111,12 +114,22 @@ if member ~= '' and not degraded and lease == '' then
     end
   end
 end
-local dirty = {}
+-- Members whose state is not the default: what the worker falls back on if Redis becomes unreachable,
+-- and which successes are worth reporting.
+local dirty, states = {}, {}
 for _, id in ipairs(S.ids) do
-  if S.m[id].failures > 0 or S.m[id].ejections > 0 then dirty[#dirty + 1] = id end
+  local m = S.m[id]
+  if m.failures > 0 or m.ejections > 0 then dirty[#dirty + 1] = id end
+  if m.failures > 0 or m.ejections > 0 or m.cooling_until > S.now or m.parked_until ~= nil then
+    local parked = m.parked_until or 0
+    if parked == math.huge then parked = -1 end
+    states[#states + 1] = {id, m.cooling_until, m.cooling_kind, m.failures, m.ejections, parked, m.park_reason}
+  end
 end
 
 commit(S)
-return reply(S, {member = member, degraded = degraded, retry_at = retry_at, lease = lease,
-                 transitioned = transitioned, valid_until = valid_until,
-                 rotation = table.concat(rotation, ','), dirty = table.concat(dirty, ',')})
+local out = {member = member, degraded = degraded, retry_at = retry_at, lease = lease,
+             transitioned = transitioned, valid_until = valid_until,
+             rotation = table.concat(rotation, ','), dirty = table.concat(dirty, ',')}
+if #states > 0 then out.states = states end
+return reply(S, out)

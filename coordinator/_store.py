@@ -1,0 +1,370 @@
+"""Where a pool's scripts run: Redis, or while Redis is unreachable, a local stand-in.
+
+A coordinator must never be the reason a call fails. State calls use short timeouts and no blind
+retries (a mutating script whose reply was lost may already have been applied). When Redis does not
+answer, a breaker opens: from then on at most one call per ``probe_interval`` tries Redis, and every
+other call runs the very same Lua scripts on a private in-process fakeredis, seeded from what this
+worker last learned of each pool (active member, cooldowns, parks). Operator actions are refused
+while Redis is down, never queued. When a probe succeeds, the cooldowns learned during the outage
+are merged into Redis with ``max()`` (``merge.lua``), the stand-in is dropped and every local view is
+re-read. One log line when the outage starts, one when it ends.
+
+``Breaker`` and ``Fallback`` hold the decisions without I/O; ``SyncStore`` and ``AsyncStore`` drive them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn, TypeVar
+
+import redis
+import redis.asyncio
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
+
+from ._backend import redact
+from ._errors import StoreUnavailableError
+from ._protocol import Op, PoolProtocol
+from ._scripts import SCRIPT_NAMES, script_source
+
+T = TypeVar("T")
+_log = logging.getLogger("coordinator")
+
+#: Errors that mean "Redis cannot take this call now" rather than "the call is wrong".
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ReadOnlyError,  # a replica that has not been promoted yet, after a failover
+    ClusterDownError,
+    TryAgainError,
+    MasterDownError,
+    RedisClusterException,
+    OSError,
+)
+DEFAULT_PROBE_INTERVAL = 1.0
+
+
+def _short(exc: BaseException) -> str:
+    # Sentinel errors embed the repr of a whole client: one log line should stay one readable line.
+    text = str(exc).split(" : <", 1)[0]
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def _reraise(proto: PoolProtocol, exc: Exception) -> NoReturn:
+    if isinstance(exc, redis.ResponseError):
+        mapped = proto.translate_error(str(exc))
+        if mapped is not None:
+            raise mapped from None
+    raise exc
+
+
+class Breaker:
+    """Closed while Redis answers; open after a failure, letting one probe through per interval."""
+
+    def __init__(self, probe_interval: float = DEFAULT_PROBE_INTERVAL, clock: Callable[[], float] = time.monotonic):
+        self.probe_interval = probe_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.down_since: float | None = None
+        self._next_probe = 0.0
+        self._probing = False
+
+    @property
+    def open(self) -> bool:
+        return self.down_since is not None
+
+    def allow(self) -> bool:
+        """May this call try Redis?"""
+        with self._lock:
+            if self.down_since is None:
+                return True
+            if not self._probing and self._clock() >= self._next_probe:
+                self._probing = True
+                return True
+            return False
+
+    def succeeded(self) -> bool:
+        """Redis answered. True when that ends an outage."""
+        with self._lock:
+            self._probing = False
+            ended = self.down_since is not None
+            self.down_since = None
+            return ended
+
+    def failed(self) -> bool:
+        """Redis did not answer. True when that starts an outage."""
+        with self._lock:
+            self._probing = False
+            now = self._clock()
+            self._next_probe = now + self.probe_interval
+            started = self.down_since is None
+            if started:
+                self.down_since = now
+            return started
+
+
+class Fallback:
+    """What the local stand-in starts from, and what it learned that Redis must hear about."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, dict[str, Any]] = {}
+        self.seeded: set[str] = set()
+        # pool -> member -> (cooling deadline in unix ms of this machine, kind)
+        self._learned: dict[str, dict[str, tuple[float, str]]] = {}
+
+    def remember(self, pool: str, data: Mapping[str, Any]) -> None:
+        """Keeps the newest full picture a Redis reply gave (acquire replies carry member states)."""
+        if "member" in data and "valid_until" in data:
+            states = data.get("states") or []
+            self._last[pool] = {"active": data.get("active") or "", "states": list(states),
+                                "server_now": float(data.get("now", 0)), "wall_ms": time.time() * 1000.0}
+
+    def seed(self, proto: PoolProtocol) -> dict[str, str]:
+        """The hash the stand-in starts a pool from: a local epoch, the last known pointer and states."""
+        cfg = proto.config
+        ids = [m.id for m in cfg.members]
+        now_ms = int(time.time() * 1000)
+        last = self._last.get(proto.name, {})
+        active = last.get("active") if last.get("active") in ids else ""
+        fields = {
+            "epoch": f"local{os.urandom(6).hex()}",
+            "generation": "0",
+            "version": "0",
+            "created": str(now_ms),
+            "strategy": cfg.strategy,
+            "members": ",".join(ids),
+            "weights": ",".join(str(m.weight) for m in cfg.members),
+            "digest": proto.digest,
+            "active": "" if cfg.strategy == "round_robin" else (active or ids[0]),
+            "exhausted": "0",
+        }
+        # Server deadlines become deadlines of this machine's clock, which the stand-in's TIME reads.
+        shift = last.get("wall_ms", 0.0) - last.get("server_now", 0.0)
+        for item in last.get("states", []):
+            try:
+                member_id, cooling, kind, failures, ejections, parked, reason = item
+            except (TypeError, ValueError):
+                continue
+            if member_id not in ids:
+                continue
+            if cooling and float(cooling) > 0:
+                fields[f"{member_id}:cooling_until"] = str(int(float(cooling) + shift))
+                fields[f"{member_id}:cooling_kind"] = str(kind or "")
+            for name, value in (("failures", failures), ("ejections", ejections)):
+                if value:
+                    fields[f"{member_id}:{name}"] = str(int(value))
+            if parked == -1:
+                fields[f"{member_id}:parked_until"] = "forever"
+            elif parked and float(parked) > 0:
+                fields[f"{member_id}:parked_until"] = str(int(float(parked) + shift))
+            if parked and reason:
+                fields[f"{member_id}:park_reason"] = str(reason)
+        return fields
+
+    def learn(self, pool: str, data: Mapping[str, Any]) -> None:
+        """A stand-in reply: remember cooldowns it started, to merge them into Redis later."""
+        member, until = data.get("member"), data.get("until")
+        if data.get("cooled") and isinstance(member, str) and until:
+            with self._lock:
+                known = self._learned.setdefault(pool, {})
+                previous = known.get(member, (0.0, ""))
+                if float(until) > previous[0]:
+                    known[member] = (float(until), str(data.get("kind", "")))
+
+    def merge_plan(self) -> dict[str, list[list[Any]]]:
+        """Per pool, the learned cooldowns still running, as [member, remaining ms, kind]; then forgets
+        them and every seed (the next outage starts again from what Redis says)."""
+        now_ms = time.time() * 1000.0
+        with self._lock:
+            plan = {
+                pool: [[m, int(until - now_ms), kind] for m, (until, kind) in members.items() if until > now_ms]
+                for pool, members in self._learned.items()
+            }
+            self._learned.clear()
+            self.seeded.clear()
+        return {pool: items for pool, items in plan.items() if items}
+
+
+class _Base:
+    def __init__(self, protocols: Mapping[str, PoolProtocol], url: str, probe_interval: float,
+                 on_resync: Callable[[], None], local_fallback: bool) -> None:
+        self.protocols = protocols
+        self.local_fallback = local_fallback
+        self.url = url
+        self.breaker = Breaker(probe_interval)
+        self.fallback = Fallback()
+        self._on_resync = on_resync
+
+    def _down(self, proto: PoolProtocol, op: Op[Any], exc: BaseException) -> None:
+        if self.breaker.failed() and self.local_fallback:
+            _log.warning("coordinator: Redis at %s is unreachable (%s); serving from local state, probing every "
+                         "%gs", redact(self.url), _short(exc), self.breaker.probe_interval)
+        if op.operator or not self.local_fallback:
+            raise self._refusal(proto, op) from exc
+
+    def _refusal(self, proto: PoolProtocol, op: Op[Any]) -> StoreUnavailableError:
+        if not op.operator:
+            return StoreUnavailableError(f"pool {proto.name!r}: Redis at {redact(self.url)} is unreachable")
+        return StoreUnavailableError(
+            f"pool {proto.name!r}: Redis at {redact(self.url)} is unreachable; {op.script} was not applied "
+            "(operator actions are never queued): retry when Redis is back"
+        )
+
+    def _ended(self) -> bool:
+        if not self.breaker.succeeded():
+            return False
+        _log.warning("coordinator: Redis at %s is back; merging what was learned meanwhile", redact(self.url))
+        return True
+
+    @staticmethod
+    def _merge_op(proto: PoolProtocol, items: list[list[Any]]) -> Op[Any]:
+        return Op("merge", proto.keys.pool_keys(proto.name), [json.dumps(items)], lambda data: data)
+
+
+class SyncStore(_Base):
+    """Runs script ops for sync pools (see the module docstring)."""
+
+    def __init__(self, client: Any, protocols: Mapping[str, PoolProtocol], url: str,
+                 probe_interval: float = DEFAULT_PROBE_INTERVAL, on_resync: Callable[[], None] = lambda: None,
+                 local_fallback: bool = True):
+        super().__init__(protocols, url, probe_interval, on_resync, local_fallback)
+        self.client = client
+        self.scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
+        self._local: Any = None
+        self._local_scripts: dict[str, Any] = {}
+        self._local_lock = threading.Lock()
+
+    @staticmethod
+    def _call(scripts: Mapping[str, Any], proto: PoolProtocol, op: Op[Any]) -> dict[str, Any]:
+        script = scripts[op.script]
+        data = proto.decode(script(keys=op.keys, args=proto.argv(op, False)))
+        if proto.needs_spec(data):
+            data = proto.decode(script(keys=op.keys, args=proto.argv(op, True)))
+        return data
+
+    def run(self, proto: PoolProtocol, op: Op[T]) -> T:
+        if self.breaker.allow():
+            try:
+                data = self._call(self.scripts, proto, op)
+            except UNAVAILABLE as exc:
+                self._down(proto, op, exc)
+            except redis.RedisError as exc:
+                _reraise(proto, exc)
+            else:
+                if self._ended():
+                    self._resync()
+                self.fallback.remember(proto.name, data)
+                return op.parse(data)
+        elif op.operator or not self.local_fallback:
+            raise self._refusal(proto, op)
+        return op.parse(self._run_local(proto, op))
+
+    def _run_local(self, proto: PoolProtocol, op: Op[Any]) -> dict[str, Any]:
+        import fakeredis
+
+        with self._local_lock:
+            if self._local is None:
+                self._local = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+                self._local_scripts = {n: self._local.register_script(script_source(n)) for n in SCRIPT_NAMES}
+            if proto.name not in self.fallback.seeded:
+                keys = proto.keys.pool_keys(proto.name)
+                self._local.delete(*keys)
+                self._local.hset(keys[0], mapping=self.fallback.seed(proto))
+                self.fallback.seeded.add(proto.name)
+        try:
+            data = self._call(self._local_scripts, proto, op)
+        except redis.RedisError as exc:
+            _reraise(proto, exc)
+        self.fallback.learn(proto.name, data)
+        return data
+
+    def _resync(self) -> None:
+        for pool, items in self.fallback.merge_plan().items():
+            proto = self.protocols[pool]
+            try:
+                self._call(self.scripts, proto, self._merge_op(proto, items))
+            except UNAVAILABLE as exc:
+                _log.warning("coordinator: merging pool %r after the outage failed: %s", pool, exc)
+            except redis.RedisError as exc:
+                _log.warning("coordinator: merging pool %r after the outage was refused: %s", pool, exc)
+        if self._local is not None:
+            self._local.flushall()
+        self._on_resync()
+
+
+class AsyncStore(_Base):
+    """Runs script ops for asyncio pools; the same decisions as ``SyncStore``."""
+
+    def __init__(self, client: Any, protocols: Mapping[str, PoolProtocol], url: str,
+                 probe_interval: float = DEFAULT_PROBE_INTERVAL, on_resync: Callable[[], None] = lambda: None,
+                 local_fallback: bool = True):
+        super().__init__(protocols, url, probe_interval, on_resync, local_fallback)
+        self.client = client
+        self.scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
+        self._local: Any = None
+        self._local_scripts: dict[str, Any] = {}
+
+    @staticmethod
+    async def _call(scripts: Mapping[str, Any], proto: PoolProtocol, op: Op[Any]) -> dict[str, Any]:
+        script = scripts[op.script]
+        data = proto.decode(await script(keys=op.keys, args=proto.argv(op, False)))
+        if proto.needs_spec(data):
+            data = proto.decode(await script(keys=op.keys, args=proto.argv(op, True)))
+        return data
+
+    async def run(self, proto: PoolProtocol, op: Op[T]) -> T:
+        if self.breaker.allow():
+            try:
+                data = await self._call(self.scripts, proto, op)
+            except UNAVAILABLE as exc:
+                self._down(proto, op, exc)
+            except redis.RedisError as exc:
+                _reraise(proto, exc)
+            else:
+                if self._ended():
+                    await self._resync()
+                self.fallback.remember(proto.name, data)
+                return op.parse(data)
+        elif op.operator or not self.local_fallback:
+            raise self._refusal(proto, op)
+        return op.parse(await self._run_local(proto, op))
+
+    async def _run_local(self, proto: PoolProtocol, op: Op[Any]) -> dict[str, Any]:
+        import fakeredis
+
+        if self._local is None:
+            self._local = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
+            self._local_scripts = {n: self._local.register_script(script_source(n)) for n in SCRIPT_NAMES}
+        if proto.name not in self.fallback.seeded:
+            keys = proto.keys.pool_keys(proto.name)
+            await self._local.delete(*keys)
+            await self._local.hset(keys[0], mapping=self.fallback.seed(proto))
+            self.fallback.seeded.add(proto.name)
+        try:
+            data = await self._call(self._local_scripts, proto, op)
+        except redis.RedisError as exc:
+            _reraise(proto, exc)
+        self.fallback.learn(proto.name, data)
+        return data
+
+    async def _resync(self) -> None:
+        for pool, items in self.fallback.merge_plan().items():
+            proto = self.protocols[pool]
+            try:
+                await self._call(self.scripts, proto, self._merge_op(proto, items))
+            except redis.RedisError as exc:
+                _log.warning("coordinator: merging pool %r after the outage failed: %s", pool, exc)
+        if self._local is not None:
+            await self._local.flushall()
+        self._on_resync()
