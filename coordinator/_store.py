@@ -114,21 +114,27 @@ class Breaker:
 
 
 class Fallback:
-    """What the local stand-in starts from, and what it learned that Redis must hear about."""
+    """What the local stand-in starts from, and what it knows that Redis must hear about."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._last: dict[str, dict[str, Any]] = {}
         self.seeded: set[str] = set()
-        # pool -> member -> (cooling deadline in unix ms of this machine, kind)
-        self._learned: dict[str, dict[str, tuple[float, str]]] = {}
 
     def remember(self, pool: str, data: Mapping[str, Any]) -> None:
-        """Keeps the newest full picture a Redis reply gave (acquire replies carry member states)."""
-        if "member" in data and "valid_until" in data:
-            states = data.get("states") or []
-            self._last[pool] = {"active": data.get("active") or "", "states": list(states),
-                                "server_now": float(data.get("now", 0)), "wall_ms": time.time() * 1000.0}
+        """Keeps the newest picture Redis replies gave: the pointer from any reply, every member's
+        state from an acquire reply, the reported member's cooldown from a failure reply."""
+        if "epoch" not in data or "active" not in data:
+            return
+        last = self._last.setdefault(pool, {"states": {}})
+        last.update(active=data.get("active") or "", server_now=float(data.get("now", 0)),
+                    wall_ms=time.time() * 1000.0)
+        if "valid_until" in data:
+            last["states"] = {item[0]: list(item) for item in data.get("states") or [] if item}
+        member, until = data.get("member"), data.get("until")
+        if "stale" in data and isinstance(member, str) and until:
+            entry = last["states"].get(member) or [member, 0, "", 0, 0, 0, ""]
+            entry[1], entry[2], entry[3] = until, data.get("kind", entry[2]), data.get("failures", 0)
+            last["states"][member] = entry
 
     def seed(self, proto: PoolProtocol) -> dict[str, str]:
         """The hash the stand-in starts a pool from: a local epoch, the last known pointer and states."""
@@ -151,7 +157,7 @@ class Fallback:
         }
         # Server deadlines become deadlines of this machine's clock, which the stand-in's TIME reads.
         shift = last.get("wall_ms", 0.0) - last.get("server_now", 0.0)
-        for item in last.get("states", []):
+        for item in last.get("states", {}).values():
             try:
                 member_id, cooling, kind, failures, ejections, parked, reason = item
             except (TypeError, ValueError):
@@ -172,28 +178,16 @@ class Fallback:
                 fields[f"{member_id}:park_reason"] = str(reason)
         return fields
 
-    def learn(self, pool: str, data: Mapping[str, Any]) -> None:
-        """A stand-in reply: remember cooldowns it started, to merge them into Redis later."""
-        member, until = data.get("member"), data.get("until")
-        if data.get("cooled") and isinstance(member, str) and until:
-            with self._lock:
-                known = self._learned.setdefault(pool, {})
-                previous = known.get(member, (0.0, ""))
-                if float(until) > previous[0]:
-                    known[member] = (float(until), str(data.get("kind", "")))
-
-    def merge_plan(self) -> dict[str, list[list[Any]]]:
-        """Per pool, the learned cooldowns still running, as [member, remaining ms, kind]; then forgets
-        them and every seed (the next outage starts again from what Redis says)."""
-        now_ms = time.time() * 1000.0
-        with self._lock:
-            plan = {
-                pool: [[m, int(until - now_ms), kind] for m, (until, kind) in members.items() if until > now_ms]
-                for pool, members in self._learned.items()
-            }
-            self._learned.clear()
-            self.seeded.clear()
-        return {pool: items for pool, items in plan.items() if items}
+    @staticmethod
+    def merge_items(fields: Mapping[str, str], now_ms: float) -> list[list[Any]]:
+        """From a stand-in pool hash: every cooldown still running, as [member, remaining ms, kind]. What
+        the worker knew before the outage goes back too: Redis may have come back empty."""
+        items = []
+        for field, value in fields.items():
+            member, _, name = field.rpartition(":")
+            if name == "cooling_until" and value.isdigit() and int(value) > now_ms:
+                items.append([member, int(int(value) - now_ms), fields.get(f"{member}:cooling_kind", "")])
+        return items
 
 
 class _Base:
@@ -221,11 +215,9 @@ class _Base:
             "(operator actions are never queued): retry when Redis is back"
         )
 
-    def _ended(self) -> bool:
-        if not self.breaker.succeeded():
-            return False
-        _log.warning("coordinator: Redis at %s is back; merging what was learned meanwhile", redact(self.url))
-        return True
+    def _back(self) -> None:
+        self.breaker.succeeded()
+        _log.warning("coordinator: Redis at %s is back; merged the cooldowns known locally", redact(self.url))
 
     @staticmethod
     def _merge_op(proto: PoolProtocol, items: list[list[Any]]) -> Op[Any]:
@@ -256,14 +248,15 @@ class SyncStore(_Base):
     def run(self, proto: PoolProtocol, op: Op[T]) -> T:
         if self.breaker.allow():
             try:
+                if self.breaker.open:  # this call is the probe: bring Redis up to date before using it
+                    self._resync()
                 data = self._call(self.scripts, proto, op)
             except UNAVAILABLE as exc:
                 self._down(proto, op, exc)
             except redis.RedisError as exc:
                 _reraise(proto, exc)
             else:
-                if self._ended():
-                    self._resync()
+                self.breaker.succeeded()
                 self.fallback.remember(proto.name, data)
                 return op.parse(data)
         elif op.operator or not self.local_fallback:
@@ -283,23 +276,26 @@ class SyncStore(_Base):
                 self._local.hset(keys[0], mapping=self.fallback.seed(proto))
                 self.fallback.seeded.add(proto.name)
         try:
-            data = self._call(self._local_scripts, proto, op)
+            return self._call(self._local_scripts, proto, op)
         except redis.RedisError as exc:
             _reraise(proto, exc)
-        self.fallback.learn(proto.name, data)
-        return data
 
     def _resync(self) -> None:
-        for pool, items in self.fallback.merge_plan().items():
+        """Merges the stand-in's cooldowns into Redis (raising if Redis is still away), then drops it."""
+        self.client.ping()
+        now_ms = time.time() * 1000.0
+        for pool in sorted(self.fallback.seeded):
             proto = self.protocols[pool]
-            try:
-                self._call(self.scripts, proto, self._merge_op(proto, items))
-            except UNAVAILABLE as exc:
-                _log.warning("coordinator: merging pool %r after the outage failed: %s", pool, exc)
-            except redis.RedisError as exc:
-                _log.warning("coordinator: merging pool %r after the outage was refused: %s", pool, exc)
+            items = self.fallback.merge_items(self._local.hgetall(proto.keys.pool(pool)), now_ms)
+            if items:
+                try:
+                    self._call(self.scripts, proto, self._merge_op(proto, items))
+                except redis.ResponseError as exc:
+                    _log.warning("coordinator: merging pool %r after the outage was refused: %s", pool, exc)
+        self.fallback.seeded.clear()
         if self._local is not None:
             self._local.flushall()
+        self._back()
         self._on_resync()
 
 
@@ -326,14 +322,15 @@ class AsyncStore(_Base):
     async def run(self, proto: PoolProtocol, op: Op[T]) -> T:
         if self.breaker.allow():
             try:
+                if self.breaker.open:  # this call is the probe: bring Redis up to date before using it
+                    await self._resync()
                 data = await self._call(self.scripts, proto, op)
             except UNAVAILABLE as exc:
                 self._down(proto, op, exc)
             except redis.RedisError as exc:
                 _reraise(proto, exc)
             else:
-                if self._ended():
-                    await self._resync()
+                self.breaker.succeeded()
                 self.fallback.remember(proto.name, data)
                 return op.parse(data)
         elif op.operator or not self.local_fallback:
@@ -352,19 +349,24 @@ class AsyncStore(_Base):
             await self._local.hset(keys[0], mapping=self.fallback.seed(proto))
             self.fallback.seeded.add(proto.name)
         try:
-            data = await self._call(self._local_scripts, proto, op)
+            return await self._call(self._local_scripts, proto, op)
         except redis.RedisError as exc:
             _reraise(proto, exc)
-        self.fallback.learn(proto.name, data)
-        return data
 
     async def _resync(self) -> None:
-        for pool, items in self.fallback.merge_plan().items():
+        """Merges the stand-in's cooldowns into Redis (raising if Redis is still away), then drops it."""
+        await self.client.ping()
+        now_ms = time.time() * 1000.0
+        for pool in sorted(self.fallback.seeded):
             proto = self.protocols[pool]
-            try:
-                await self._call(self.scripts, proto, self._merge_op(proto, items))
-            except redis.RedisError as exc:
-                _log.warning("coordinator: merging pool %r after the outage failed: %s", pool, exc)
+            items = self.fallback.merge_items(await self._local.hgetall(proto.keys.pool(pool)), now_ms)
+            if items:
+                try:
+                    await self._call(self.scripts, proto, self._merge_op(proto, items))
+                except redis.ResponseError as exc:
+                    _log.warning("coordinator: merging pool %r after the outage was refused: %s", pool, exc)
+        self.fallback.seeded.clear()
         if self._local is not None:
             await self._local.flushall()
+        self._back()
         self._on_resync()

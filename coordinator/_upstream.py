@@ -130,7 +130,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing --------------------------------------------------------------------------------
 
+    _on_send: Any = None
+
     def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        if self._on_send is not None:
+            self._on_send(status)
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
@@ -141,6 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _send_sse(self, events: list[tuple[str | None, str]], break_after: int | None = None) -> None:
+        if self._on_send is not None:
+            self._on_send(200)
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("cache-control", "no-cache")
@@ -180,13 +186,14 @@ class _Handler(BaseHTTPRequestHandler):
         behaviour, retry_after = self.server.upstream.next_behaviour(key)
         model = str(body.get("model") or "unknown-model")
         stream = bool(body.get("stream"))
-        status = self._respond(behaviour, retry_after, anthropic, model, stream)
         rest = 3600.0 if behaviour == "quota" else retry_after if behaviour.startswith("rate_limited") else 0.0
-        self.server.upstream.record(key, status, rest)
+        # Counted before the first byte goes out: a test that has its answer sees it counted.
+        self._on_send = lambda status: self.server.upstream.record(key, status, rest)
+        self._respond(behaviour, retry_after, anthropic, model, stream)
 
     # -- behaviours ------------------------------------------------------------------------------
 
-    def _respond(self, behaviour: str, retry_after: float, anthropic: bool, model: str, stream: bool) -> int:
+    def _respond(self, behaviour: str, retry_after: float, anthropic: bool, model: str, stream: bool) -> None:
         if behaviour in ("ok", "ok_last_request", "stream_break"):
             headers = {"x-ratelimit-remaining-requests": "57", "x-ratelimit-reset-requests": "1s"}
             if behaviour == "ok_last_request":
@@ -202,14 +209,14 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send_json(200, self._anthropic_message(model) if anthropic else self._openai_completion(model),
                                 headers)
-            return 200
+            return
         if behaviour.startswith("rate_limited"):
             headers = _reset_headers(behaviour, retry_after)
             body = (_anthropic_error("rate_limit_error", "Number of requests has exceeded your rate limit")
                     if anthropic else
                     _openai_error(429, "requests", "rate_limit_exceeded", "Rate limit reached for requests"))
             self._send_json(429, body, headers)
-            return 429
+            return
         if behaviour == "quota":
             headers = {"x-ratelimit-reset-requests": "1h0m0s", "retry-after": "3600",
                        "anthropic-ratelimit-requests-reset": _rfc3339(3600)}
@@ -218,14 +225,13 @@ class _Handler(BaseHTTPRequestHandler):
                     _openai_error(429, "insufficient_quota", "insufficient_quota",
                                   "You exceeded your current quota, please check your plan and billing details."))
             self._send_json(429, body, headers)
-            return 429
+            return
         status, (a_type, a_message), (o_type, o_code, o_message) = _ERRORS.get(behaviour, _ERRORS["server_error"])
         if anthropic:
             body = _anthropic_error(a_type, a_message.format(model=model))
         else:
             body = _openai_error(status, o_type, o_code, o_message.format(model=model))
         self._send_json(status, body)
-        return status
 
     @staticmethod
     def _openai_completion(model: str) -> dict[str, Any]:

@@ -375,9 +375,25 @@ local function flatten_event(S, ev)
   return out
 end
 
+-- Redis has no rollback: a command the caller's ACL refuses aborts a script after the writes before
+-- it (say, a state and its event written, the notice refused). So every write command is checked
+-- first. redis.acl_check_cmd exists since Redis 7.0; fakeredis (memory://) has neither it nor ACLs.
+local function check_acl(...)
+  if not redis.acl_check_cmd then return end
+  local checks = {{'HSET', KEYS[1], 'f', 'v'}, {'HDEL', KEYS[1], 'f'}, {'XADD', KEYS[2], '*', 'f', 'v'},
+                  {'PUBLISH', ARGV[1], 'notice'}, ...}
+  for _, c in ipairs(checks) do
+    if not redis.acl_check_cmd(unpack(c)) then
+      error(redis.error_reply('COORD_NOPERM the Redis user may not run ' .. c[1] .. ' on ' .. c[2] ..
+                              ' (see docs/security.md); nothing was written'))
+    end
+  end
+end
+
 -- Writes the in-memory changes (if any), one stream entry per event, one change notice.
 local function commit(S)
   if not S.changed then return end
+  check_acl()
   S.version = S.version + 1
   S.set.version = S.version
   S.set.generation = S.generation

@@ -15,7 +15,7 @@
 -- again; only a provider hint that ends at least 1 s later extends it. A stale token never cools the member that is
 -- active now. Cooling the active member moves the pointer (or exhausts the pool): one event.
 -- Reply (JSON): common fields plus
---   member       the member reported
+--   member, kind the member reported and the kind of its failure
 --   stale        true when the token could not change anything
 --   cooled       true when this call started a cooldown of `member`
 --   until        member's cooling deadline after this call, ms (0 when not cooling)
@@ -31,7 +31,7 @@ local multiplier, threshold, lease = tonumber(ARGV[15]), tonumber(ARGV[16]), ARG
 if S.pos[id] == nil then return redis.error_reply('COORD_UNKNOWN_MEMBER ' .. id) end
 
 local m = S.m[id]
-local out = {member = id, stale = false, cooled = false, transitioned = false}
+local out = {member = id, kind = kind, stale = false, cooled = false, transitioned = false}
 
 local function finish()
   commit(S)
