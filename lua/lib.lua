@@ -116,22 +116,23 @@ end
 
 -- Loads and validates the pool. Returns S, or nil plus a reply to send back unchanged.
 local function load()
-  local t1 = redis.call('TYPE', KEYS[1]).ok
-  if t1 ~= 'hash' and t1 ~= 'none' then return nil, corrupt('has type ' .. t1 .. ', expected hash') end
-  local t2 = redis.call('TYPE', KEYS[2]).ok
-  if t2 ~= 'stream' and t2 ~= 'none' then
-    return nil, redis.error_reply('COORD_CORRUPT ' .. KEYS[2] .. ' has type ' .. t2 .. ', expected stream')
+  -- One call per key; only a key of the wrong type costs a TYPE, to say which type it has.
+  local flat = redis.pcall('HGETALL', KEYS[1])
+  if flat.err then
+    return nil, corrupt('has type ' .. redis.call('TYPE', KEYS[1]).ok .. ', expected hash')
   end
-  if t2 == 'stream' then
-    -- XADD * can fail on a stream whose last id is absurdly far ahead (the id space ends), and that
-    -- would be after the state hash was written. Scripts' own ids are server milliseconds.
-    local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
-    if last ~= nil and #(string.match(last[1], '^(%d+)') or '') > MAX_DIGITS then
-      return nil, redis.error_reply('COORD_CORRUPT ' .. KEYS[2] .. ' holds an entry id far in the future')
-    end
+  -- XADD * can fail on a stream whose last id is absurdly far ahead (the id space ends), and that
+  -- would be after the state hash was written. Scripts' own ids are server milliseconds.
+  local last = redis.pcall('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if last.err then
+    return nil, redis.error_reply('COORD_CORRUPT ' .. KEYS[2] .. ' has type ' ..
+                                  redis.call('TYPE', KEYS[2]).ok .. ', expected stream')
   end
+  if last[1] ~= nil and #(string.match(last[1][1], '^(%d+)') or '') > MAX_DIGITS then
+    return nil, redis.error_reply('COORD_CORRUPT ' .. KEYS[2] .. ' holds an entry id far in the future')
+  end
+  local t1 = (#flat == 0) and 'none' or 'hash'
   local S = {now = now_ms(), set = {}, del = {}, events = {}, changed = false, created = false, m = {}}
-  local flat = redis.call('HGETALL', KEYS[1])
   local h = {}
   for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
   local spec_json = ARGV[4]
@@ -379,21 +380,24 @@ end
 -- it (say, a state and its event written, the notice refused). So every write command is checked
 -- first. redis.acl_check_cmd exists since Redis 7.0; fakeredis (memory://) has neither it nor ACLs.
 local function check_acl(...)
-  if not redis.acl_check_cmd then return end
+  if not redis.acl_check_cmd then return nil end
   local checks = {{'HSET', KEYS[1], 'f', 'v'}, {'HDEL', KEYS[1], 'f'}, {'XADD', KEYS[2], '*', 'f', 'v'},
                   {'PUBLISH', ARGV[1], 'notice'}, ...}
   for _, c in ipairs(checks) do
     if not redis.acl_check_cmd(unpack(c)) then
-      error(redis.error_reply('COORD_NOPERM the Redis user may not run ' .. c[1] .. ' on ' .. c[2] ..
-                              ' (see docs/security.md); nothing was written'))
+      return redis.error_reply('COORD_NOPERM the Redis user may not run ' .. c[1] .. ' on ' .. c[2] ..
+                               ' (see docs/security.md); nothing was written')
     end
   end
+  return nil
 end
 
 -- Writes the in-memory changes (if any), one stream entry per event, one change notice.
+-- A last check that fails writes nothing and leaves its error in S.failed, which reply() returns.
 local function commit(S)
   if not S.changed then return end
-  check_acl()
+  S.failed = check_acl()
+  if S.failed then return end
   S.version = S.version + 1
   S.set.version = S.version
   S.set.generation = S.generation
@@ -414,6 +418,7 @@ end
 
 -- Reply common to every script; `extra` holds the script's own fields.
 local function reply(S, extra)
+  if S.failed then return S.failed end
   local types = {}
   for _, ev in ipairs(S.events) do types[#types + 1] = ev.type end
   extra.now = S.now

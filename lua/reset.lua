@@ -28,7 +28,8 @@ end
 local previous_epoch = old.epoch or ''
 if #previous_epoch > 64 or not string.match(previous_epoch, '^[%w%._:%-]*$') then previous_epoch = '' end
 
-check_acl({'DEL', KEYS[1], KEYS[2]})
+local refused = check_acl({'DEL', KEYS[1], KEYS[2]})
+if refused then return refused end
 redis.call('DEL', KEYS[1], KEYS[2])
 local S, err = load()
 if not S then return err end
