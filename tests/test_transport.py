@@ -298,3 +298,15 @@ def test_readme_example_works_against_the_local_server(upstream, monkeypatch):
     namespace: dict[str, object] = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert upstream.stats.requests[KEYS[1]] >= 1
+
+
+def test_the_callers_request_never_keeps_a_member_secret(store, upstream):
+    url, prefix = store
+    upstream.set(KEYS[0], "rate_limited")
+    coord = co.Coordinator(url, [pool()], prefix=prefix)
+    with httpx.Client(transport=coord.transport("openai"), base_url=upstream.url,
+                      headers={"authorization": "Bearer placeholder"}) as client:
+        response = client.post("/v1/chat/completions", json={"model": "m"})
+    assert response.status_code == 200 and response.extensions["coordinator"]["attempts"] == 2
+    assert response.request.headers["authorization"] == "Bearer placeholder"
+    assert not any(key in str(response.request.headers.raw) for key in KEYS)
