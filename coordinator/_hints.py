@@ -223,9 +223,26 @@ def rate_limit_hint(headers: Any, now: float | None = None) -> float | None:
     return min(resets) if resets else None
 
 
+def _says_spent(headers: Any) -> bool:
+    """Cheap pre-check on every success: does any "...remaining..." header hold zero?"""
+    try:
+        items = headers.items() if hasattr(headers, "items") else headers
+        for key, value in items:
+            name = key.decode("latin-1") if isinstance(key, bytes) else str(key)
+            if "remaining" in name.lower():
+                text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+                if parse_seconds(text) == 0:
+                    return True
+    except Exception:
+        return True  # odd shapes get the full reading, which is careful about them
+    return False
+
+
 def preemptive_cooldown(headers: Any, now: float | None = None) -> float | None:
     """After a SUCCESSFUL response: seconds until the member can take another request, when a window
     says ``remaining: 0``; None when every window has room (or nothing can be read)."""
+    if headers is None or not _says_spent(headers):
+        return None
     buckets = rate_limit_buckets(headers, now)
     spent = [reset for _, remaining, reset in buckets if remaining is not None and remaining <= 0]
     if not spent:
