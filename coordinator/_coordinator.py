@@ -20,7 +20,7 @@ from ._errors import ConfigError, UnknownPoolError
 from ._executor import CallPlan, run_async, run_sync
 from ._hooks import Hook
 from ._keys import KeySchema
-from ._notices import AsyncNoticeListener, NoticeListener
+from ._notices import AsyncNoticeListener, Notice, NoticeListener
 from ._pool import AsyncPool, Pool
 from ._protocol import DEFAULT_STREAM_MAXLEN, PoolProtocol
 from ._store import DEFAULT_PROBE_INTERVAL, AsyncStore, SyncStore
@@ -63,10 +63,10 @@ class _Base:
                 raise ConfigError(f"pool {cfg.name!r} is configured twice")
             self._protocols[cfg.name] = PoolProtocol(cfg, self.keys, stream_maxlen, staleness)
 
-    def _on_notice(self, pool: str, epoch: str, version: int) -> None:
-        proto = self._protocols.get(pool)
+    def _on_notice(self, notice: Notice) -> None:
+        proto = self._protocols.get(notice.pool)
         if proto is not None:
-            proto.view.notice(epoch, version)
+            proto.view.notice(notice.epoch, notice.version, notice, proto.clock())
 
     def _resync(self) -> None:
         for proto in self._protocols.values():

@@ -1,7 +1,8 @@
 """One change-notice subscriber per coordinator (per process), feeding every pool's local view.
 
-Every script that writes publishes ``<pool> <epoch> <generation> <version>`` on ``<prefix>:changes``.
-The listener hands each notice to the pool's view, which drops a decision the notice outdates. If
+Every script that writes publishes ``<pool> <epoch> <generation> <version> <active> <dirty>`` on
+``<prefix>:changes``. The listener hands each notice to the pool's view, which drops a decision the
+notice outdates, or (sticky pools) takes the notice's own decision without asking Redis. If
 the subscription is lost, views fall back to their staleness bound (they never trust a decision
 longer than that anyway); the listener says so once in the log, keeps trying to resubscribe, and
 after it succeeds drops every view, since notices may have been missed meanwhile.
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 _log = logging.getLogger("coordinator")
@@ -23,22 +25,35 @@ POLL = 0.5
 RETRY_MIN, RETRY_MAX = 0.1, 2.0
 
 
-def parse_notice(data: Any) -> tuple[str, str, int] | None:
-    """(pool, epoch, version) from a notice payload; None for anything else."""
+@dataclass(frozen=True)
+class Notice:
+    pool: str
+    epoch: str
+    generation: int
+    version: int
+    #: Sticky pools: the member to use from now on, and the members whose successes must be reported.
+    active: str | None = None
+    dirty: frozenset[str] = frozenset()
+
+
+def parse_notice(data: Any) -> Notice | None:
+    """A notice "<pool> <epoch> <generation> <version> [<active or -> <dirty or ->]"; None for anything else."""
     if isinstance(data, bytes):
         data = data.decode(errors="replace")
     if not isinstance(data, str):
         return None
     parts = data.split(" ")
-    if len(parts) != 4 or not parts[3].isdigit():
+    if len(parts) not in (4, 6) or not parts[2].isdigit() or not parts[3].isdigit():
         return None
-    return parts[0], parts[1], int(parts[3])
+    active = parts[4] if len(parts) == 6 and parts[4] != "-" else None
+    dirty = frozenset(parts[5].split(",")) if len(parts) == 6 and parts[5] != "-" else frozenset()
+    return Notice(parts[0], parts[1], int(parts[2]), int(parts[3]), active, dirty)
 
 
 class _State:
     """What sync and async listeners share: dispatch and the lost/resumed bookkeeping."""
 
-    def __init__(self, channel: str, on_notice: Callable[[str, str, int], None],
+    def __init__(self, channel: str, on_notice: Callable[[Notice], None],
                  on_resync: Callable[[], None]) -> None:
         self.channel = channel
         self.on_notice = on_notice
@@ -49,9 +64,9 @@ class _State:
     def message(self, message: Any) -> None:
         if not message or message.get("type") != "message":
             return
-        parsed = parse_notice(message.get("data"))
-        if parsed is not None:
-            self.on_notice(*parsed)
+        notice = parse_notice(message.get("data"))
+        if notice is not None:
+            self.on_notice(notice)
 
     def connected(self) -> None:
         if self.lost:
@@ -72,7 +87,7 @@ class _State:
 class NoticeListener:
     """A daemon thread subscribed to the channel of a sync client."""
 
-    def __init__(self, client: Any, channel: str, on_notice: Callable[[str, str, int], None],
+    def __init__(self, client: Any, channel: str, on_notice: Callable[[Notice], None],
                  on_resync: Callable[[], None]) -> None:
         self._client = client
         self.state = _State(channel, on_notice, on_resync)
@@ -110,7 +125,7 @@ class NoticeListener:
 class AsyncNoticeListener:
     """An asyncio task subscribed to the channel of an asyncio client; started on first use."""
 
-    def __init__(self, client: Any, channel: str, on_notice: Callable[[str, str, int], None],
+    def __init__(self, client: Any, channel: str, on_notice: Callable[[Notice], None],
                  on_resync: Callable[[], None]) -> None:
         self._client = client
         self.state = _State(channel, on_notice, on_resync)

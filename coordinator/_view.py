@@ -5,7 +5,8 @@ Sans-IO: every method takes the local monotonic time; nothing here touches the n
 An acquire reply says how long its decision holds by time alone (``valid_until``): a sticky pointer
 only moves on a write, a priority pool may need a probe once a lower member recovers, a round-robin
 rotation changes when a cooling member rejoins. Every write publishes a change notice with the pool's
-new ``version``; a notice or reply that shows a newer version than the decision was made at drops it.
+new ``version``; a notice or reply that shows a newer version than the decision was made at drops it,
+and a sticky pool's notice brings the new decision along.
 Whatever happens, a decision is never reused longer than ``staleness`` seconds, which also bounds the
 damage of a missed notice: at worst one request goes to a member that just cooled, and its failure
 report carries the old token, so it neither moves the pointer nor duplicates an event.
@@ -51,6 +52,8 @@ class PoolView:
         self._decision: _Decision | None = None
         #: The newest (epoch, version) any notice or reply showed.
         self._seen: tuple[str, int] = ("", -1)
+        #: Server time minus local monotonic time, from the last reply (None before any).
+        self._offset: float | None = None
         self.hits = 0
         self.misses = 0
 
@@ -61,6 +64,7 @@ class PoolView:
         self.observe(data)
         valid_until = float(data.get("valid_until") or 0)
         server_now = float(data.get("now", 0))
+        self._offset = server_now / 1000.0 - now
         if self.staleness <= 0 or valid_until <= server_now or data.get("degraded") or data.get("lease"):
             self._decision = None
             return
@@ -87,13 +91,19 @@ class PoolView:
         if "version" in data and "epoch" in data:
             self.notice(str(data["epoch"]), int(data["version"]))
 
-    def notice(self, epoch: str, version: int) -> None:
-        """A change notice (or reply) for this pool."""
-        if epoch != self._seen[0] or version > self._seen[1]:
+    def notice(self, epoch: str, version: int, hint: Any = None, now: float = 0.0) -> None:
+        """A change notice (or reply) for this pool. ``hint``, from a sticky pool's notice, carries the
+        decision itself (``active``, ``generation``, ``dirty``): taken at once, no round trip."""
+        newer = epoch != self._seen[0] or version > self._seen[1]
+        if newer:
             self._seen = (epoch, version)
         decision = self._decision
         if decision is not None and (epoch != decision.epoch or version > decision.version):
             self._decision = None
+        active = getattr(hint, "active", None)
+        if newer and active in self._members and self.staleness > 0 and self._offset is not None:
+            self._decision = _Decision(epoch, int(hint.generation), version, active, (self._members[active],),
+                                       frozenset(hint.dirty), now + self.staleness, self._offset)
 
     def forget(self) -> None:
         """Drop the decision (e.g. after a failure report or a lost subscription)."""

@@ -3,7 +3,8 @@
 -- Common layout of every script:
 --   KEYS[1]  pool state hash      e.g. coord:{openai}
 --   KEYS[2]  pool event stream    e.g. coord:{openai}:events
---   ARGV[1]  change-notice channel (PUBLISH target; not a key)
+--   ARGV[1]  change-notice channel (PUBLISH target; not a key); notices read
+--            "<pool> <epoch> <generation> <version> <active or -> <dirty members or ->"
 --   ARGV[2]  pool name
 --   ARGV[3]  membership digest (hex) of strategy + member ids + weights; "*" accepts any (read-only)
 --   ARGV[4]  membership spec as JSON {"strategy":..,"members":[..],"weights":[..]}, or "" when the
@@ -413,7 +414,19 @@ local function commit(S)
   for _, ev in ipairs(S.events) do
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', unpack(flatten_event(S, ev)))
   end
-  redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. S.epoch .. ' ' .. S.generation .. ' ' .. S.version)
+  -- A sticky pool's notice carries the decision itself (the active member, and the members whose
+  -- successes must still be reported), so listeners switch without asking; "-" when it has none.
+  local active_hint, dirty_hint = '-', '-'
+  if S.strategy == 'sticky' and not S.exhausted and S.active ~= '' and available(S, S.active) then
+    active_hint = S.active
+    local dirty = {}
+    for _, id in ipairs(S.ids) do
+      if S.m[id].failures > 0 or S.m[id].ejections > 0 then dirty[#dirty + 1] = id end
+    end
+    if #dirty > 0 then dirty_hint = table.concat(dirty, ',') end
+  end
+  redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. S.epoch .. ' ' .. S.generation .. ' ' .. S.version .. ' ' ..
+             active_hint .. ' ' .. dirty_hint)
 end
 
 -- Reply common to every script; `extra` holds the script's own fields.

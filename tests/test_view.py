@@ -100,6 +100,35 @@ def test_only_successes_that_reset_something_are_news():
     assert view.success_is_news(sel_a, 200.0), "an expired decision knows nothing"
 
 
+def test_a_sticky_notice_brings_the_new_decision_along():
+    from coordinator._notices import parse_notice
+
+    view = PoolView("p", MEMBERS, staleness=1.0)
+    view.learn_acquire(reply(), now=100.0)
+    notice = parse_notice("p e1 4 8 b a")
+    view.notice(notice.epoch, notice.version, notice, now=100.5)
+    sel = view.selection(100.6)
+    assert (sel.member.id, sel.generation) == ("b", 4)
+    assert view.success_is_news(co.Selection(pool="p", member=MEMBERS["a"], epoch="e1", generation=4), 100.6)
+    assert not view.success_is_news(sel, 100.6)
+    assert view.selection(101.5) is None, "the staleness bound holds for notices too"
+    old = parse_notice("p e1 3 7 c -")
+    view.notice(old.epoch, old.version, old, now=100.7)
+    assert view.selection(100.8) is None or view.selection(100.8).member.id != "c", "an older notice is ignored"
+
+
+def test_a_notice_without_a_decision_only_drops():
+    from coordinator._notices import parse_notice
+
+    view = PoolView("p", MEMBERS, staleness=1.0)
+    view.learn_acquire(reply(), now=100.0)
+    for text in ("p e1 4 8 - -", "p e1 5 9", "p e1 6 10 nobody -"):
+        notice = parse_notice(text)
+        view.notice(notice.epoch, notice.version, notice, now=100.1)
+        assert view.selection(100.2) is None
+    assert parse_notice("garbage") is None and parse_notice(b"p e1 x 1") is None
+
+
 # -- against real stores ------------------------------------------------------------------------------
 
 
