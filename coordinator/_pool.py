@@ -80,7 +80,8 @@ class Pool:
 
     def events_after(self, last_id: str, *, block: float | None = None, count: int = 100) -> list[FailoverEvent]:
         """Up to ``count`` events written after the event ``last_id``, oldest first; waits up to
-        ``block`` seconds for one to arrive. Keep ``block`` below the client's read timeout."""
+        ``block`` seconds for one to arrive. Keep ``block`` below the coordinator's ``timeout`` (0.25 s
+        by default; a coordinator for tailing events wants a longer one)."""
         args = self._proto.xread_args(last_id, block, count)
         try:
             reply = self._client.xread(**args)
@@ -147,7 +148,8 @@ class AsyncPool:
         self, last_id: str, *, block: float | None = None, count: int = 100
     ) -> list[FailoverEvent]:
         """Up to ``count`` events written after the event ``last_id``, oldest first; waits up to
-        ``block`` seconds for one to arrive. Keep ``block`` below the client's read timeout."""
+        ``block`` seconds for one to arrive. Keep ``block`` below the coordinator's ``timeout`` (0.25 s
+        by default; a coordinator for tailing events wants a longer one)."""
         args = self._proto.xread_args(last_id, block, count)
         try:
             reply = await self._client.xread(**args)

@@ -83,7 +83,8 @@ class Cli:
         return strict_json(out)
 
     def coordinator(self) -> co.Coordinator:
-        return co.Coordinator.from_config(self.path)
+        # Blocking reads (events_after) wait longer than a worker's default timeout allows.
+        return co.Coordinator.from_config(self.path, timeout=5)
 
     def state(self) -> dict[str, Any]:
         """Every key under this test's prefix, raw: proof that a refused command wrote nothing."""
@@ -567,7 +568,7 @@ def test_pool_events_since_and_events_after(cli: Cli) -> None:
 def test_async_pool_events_since_and_events_after(cli: Cli) -> None:
     async def scenario() -> None:
         config = co.load_config(cli.path)
-        async with co.AsyncCoordinator.from_config(config) as coord:
+        async with co.AsyncCoordinator.from_config(config, timeout=5) as coord:
             pool = coord.pool("openai")
             await pool.park("acct-1", reason="x")
             events = await pool.events()
