@@ -550,18 +550,23 @@ def _close_quietly(value: Any) -> None:
             close()
 
 
-async def _aclose_quietly(value: Any) -> None:
-    for name in ("aclose", "close"):
-        close = getattr(value, name, None)
-        if close is None:
+async def _acall_first(value: Any, names: tuple[str, ...]) -> None:
+    """Calls (and awaits, if need be) the first of ``names`` that ``value`` has and that works."""
+    for name in names:
+        method = getattr(value, name, None)
+        if method is None:
             continue
         try:
-            result = close()
+            result = method()
             if inspect.isawaitable(result):
                 await result
             return
         except Exception:
             continue
+
+
+async def _aclose_quietly(value: Any) -> None:
+    await _acall_first(value, ("aclose", "close"))
 
 
 def _read_error_body(value: Any) -> None:
@@ -573,17 +578,7 @@ def _read_error_body(value: Any) -> None:
 
 
 async def _aread_error_body(value: Any) -> None:
-    for name in ("aread", "read"):
-        read = getattr(value, name, None)
-        if read is None:
-            continue
-        try:
-            result = read()
-            if inspect.isawaitable(result):
-                await result
-            return
-        except Exception:
-            continue
+    await _acall_first(value, ("aread", "read"))
 
 
 def _not_awaited(value: Any) -> TypeError:
