@@ -98,15 +98,6 @@ def parse_url(url: str) -> Target:
     return Target("sentinel", url, tuple(hosts), username, password, ssl, service=parts[0], db=db)
 
 
-def check_url(url: str) -> str:
-    parse_url(url)
-    return url
-
-
-def is_memory(url: str) -> bool:
-    return url.startswith("memory://")
-
-
 def _memory_server(name: str) -> Any:
     import fakeredis
 
@@ -134,47 +125,53 @@ def _options(target: Target, timeout: float, retry: Any) -> dict[str, Any]:
     return options
 
 
-def connect(url: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
-    """A sync client for the URL (see the module docstring), with ``timeout`` seconds to connect and
-    to read, and no automatic retries."""
+@dataclass(frozen=True)
+class _Flavour:
+    """The client classes of one I/O style: the connection logic below is written once for both."""
+
+    fake: str
+    redis: Any
+    cluster: Any
+    sentinel: Any
+    retry: Any
+
+
+def _sync_flavour() -> _Flavour:
+    return _Flavour("FakeRedis", redis.Redis, redis.cluster, redis.sentinel, Retry)
+
+
+def _async_flavour() -> _Flavour:
+    return _Flavour("FakeAsyncRedis", redis.asyncio.Redis, redis.asyncio.cluster, redis.asyncio.sentinel, AsyncRetry)
+
+
+def _connect(url: str, timeout: float, flavour: _Flavour) -> Any:
     target = parse_url(url)
     if target.kind == "memory":
         import fakeredis
 
-        return fakeredis.FakeRedis(server=_memory_server(target.name), decode_responses=True)
-    options = _options(target, timeout, Retry(NoBackoff(), 0))
+        return getattr(fakeredis, flavour.fake)(server=_memory_server(target.name), decode_responses=True)
+    options = _options(target, timeout, flavour.retry(NoBackoff(), 0))
     if target.kind == "single":
         options.pop("ssl", None)
-        return redis.Redis.from_url(url, **options)
+        return flavour.redis.from_url(url, **options)
     if target.kind == "cluster":
         # Cluster keeps redis-py's retries: they also carry the redirections a resharding causes.
         options.pop("retry")
-        nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.hosts]
-        return redis.cluster.RedisCluster(startup_nodes=nodes, **options)
-    sentinel = redis.sentinel.Sentinel(
+        nodes = [flavour.cluster.ClusterNode(h, p) for h, p in target.hosts]
+        return flavour.cluster.RedisCluster(startup_nodes=nodes, **options)
+    sentinel = flavour.sentinel.Sentinel(
         list(target.hosts), socket_connect_timeout=timeout, socket_timeout=timeout,
         sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout},
     )
     return sentinel.master_for(target.service, db=target.db, **options)
+
+
+def connect(url: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """A sync client for the URL (see the module docstring), with ``timeout`` seconds to connect and
+    to read, and no automatic retries."""
+    return _connect(url, timeout, _sync_flavour())
 
 
 def connect_async(url: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     """An asyncio client for the URL; the same options as ``connect``."""
-    target = parse_url(url)
-    if target.kind == "memory":
-        import fakeredis
-
-        return fakeredis.FakeAsyncRedis(server=_memory_server(target.name), decode_responses=True)
-    options = _options(target, timeout, AsyncRetry(NoBackoff(), 0))
-    if target.kind == "single":
-        options.pop("ssl", None)
-        return redis.asyncio.Redis.from_url(url, **options)
-    if target.kind == "cluster":
-        options.pop("retry")
-        nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.hosts]
-        return redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **options)
-    sentinel = redis.asyncio.sentinel.Sentinel(
-        list(target.hosts), socket_connect_timeout=timeout, socket_timeout=timeout,
-        sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout},
-    )
-    return sentinel.master_for(target.service, db=target.db, **options)
+    return _connect(url, timeout, _async_flavour())

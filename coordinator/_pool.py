@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 import redis
 import redis.asyncio
 
-from ._errors import StoreUnavailableError
 from ._protocol import Op, PoolProtocol
-from ._store import AsyncStore, SyncStore
+from ._store import AsyncStore, SyncStore, reraise
 from ._types import FailoverEvent, FailureResult, ParkResult, Result, Selection, Snapshot, SuccessResult
 
 T = TypeVar("T")
-
-
-def _reraise(proto: PoolProtocol, exc: redis.RedisError) -> NoReturn:
-    if isinstance(exc, redis.ResponseError):
-        mapped = proto.translate_error(str(exc))
-        if mapped is not None:
-            raise mapped from None
-        raise exc
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
-        raise StoreUnavailableError(f"pool {proto.name!r}: Redis unavailable: {exc}") from exc
-    raise exc
 
 
 class Pool:
@@ -75,7 +63,7 @@ class Pool:
         try:
             entries = self._client.xrevrange(self._proto.events_key, max="+", min=lower, count=limit)
         except redis.RedisError as exc:
-            _reraise(self._proto, exc)
+            reraise(self._proto, exc)
         return self._proto.parse_events(list(reversed(entries or [])))
 
     def events_after(self, last_id: str, *, block: float | None = None, count: int = 100) -> list[FailoverEvent]:
@@ -86,7 +74,7 @@ class Pool:
         try:
             reply = self._client.xread(**args)
         except redis.RedisError as exc:
-            _reraise(self._proto, exc)
+            reraise(self._proto, exc)
         return self._proto.parse_xread(reply)
 
 
@@ -141,7 +129,7 @@ class AsyncPool:
         try:
             entries = await self._client.xrevrange(self._proto.events_key, max="+", min=lower, count=limit)
         except redis.RedisError as exc:
-            _reraise(self._proto, exc)
+            reraise(self._proto, exc)
         return self._proto.parse_events(list(reversed(entries or [])))
 
     async def events_after(
@@ -154,5 +142,5 @@ class AsyncPool:
         try:
             reply = await self._client.xread(**args)
         except redis.RedisError as exc:
-            _reraise(self._proto, exc)
+            reraise(self._proto, exc)
         return self._proto.parse_xread(reply)

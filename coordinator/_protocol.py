@@ -14,9 +14,9 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, get_args
 
-from ._config import COOLING_KINDS, PoolConfig
+from ._config import COOLING_KINDS, FailureKind, PoolConfig
 from ._errors import CoordinatorError, CorruptStateError, PoolExhaustedError, StoreError, UnknownMemberError
 from ._keys import KeySchema
 from ._types import (
@@ -36,7 +36,6 @@ T = TypeVar("T")
 
 DEFAULT_STREAM_MAXLEN = 10_000
 _STREAM_ID_RE = re.compile(r"^\d+(-\d+)?$")
-NON_COOLING_KINDS = frozenset({"request", "content_policy", "context_length"})
 
 
 @dataclass(frozen=True)
@@ -200,7 +199,7 @@ class PoolProtocol:
         )
 
     def report_failure(self, selection: Selection, kind: str, retry_after: float | None) -> Op[FailureResult]:
-        if kind in NON_COOLING_KINDS:
+        if kind in get_args(FailureKind) and kind not in COOLING_KINDS:
             raise ValueError(f"failure kind {kind!r} never changes pool state; do not report it")
         if kind not in COOLING_KINDS:
             raise ValueError(f"unknown failure kind {kind!r}; expected one of {sorted(COOLING_KINDS)}")
@@ -277,6 +276,14 @@ class PoolProtocol:
         return ParkResult(
             **self._common(data), member=member_id, parked_until=ms_to_seconds(data.get("parked_until"))
         )
+
+    def merge(self, cooldowns: list[list[Any]]) -> Op[dict[str, Any]]:
+        """After an outage: ``cooldowns`` as [member, remaining ms, kind], merged with ``max()``."""
+        return Op("merge", self._keys, [json.dumps(cooldowns)], self._parse_merge)
+
+    def _parse_merge(self, data: dict[str, Any]) -> dict[str, Any]:
+        self.view.observe(data)
+        return data
 
     def reset(self, reason: str) -> Op[Result]:
         return Op("reset", self._keys, [self._reason(reason)], self._parse_reset, operator=True)

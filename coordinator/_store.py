@@ -14,7 +14,6 @@ re-read. One log line when the outage starts, one when it ends.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -60,11 +59,14 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
-def _reraise(proto: PoolProtocol, exc: Exception) -> NoReturn:
+def reraise(proto: PoolProtocol, exc: Exception) -> NoReturn:
+    """Our own error for a script's error reply, or for an unreachable Redis; others unchanged."""
     if isinstance(exc, redis.ResponseError):
         mapped = proto.translate_error(str(exc))
         if mapped is not None:
             raise mapped from None
+    if isinstance(exc, UNAVAILABLE):
+        raise StoreUnavailableError(f"pool {proto.name!r}: Redis unavailable: {exc}") from exc
     raise exc
 
 
@@ -219,10 +221,6 @@ class _Base:
         self.breaker.succeeded()
         _log.warning("coordinator: Redis at %s is back; merged the cooldowns known locally", redact(self.url))
 
-    @staticmethod
-    def _merge_op(proto: PoolProtocol, items: list[list[Any]]) -> Op[Any]:
-        return Op("merge", proto.keys.pool_keys(proto.name), [json.dumps(items)], lambda data: data)
-
 
 class SyncStore(_Base):
     """Runs script ops for sync pools (see the module docstring)."""
@@ -254,7 +252,7 @@ class SyncStore(_Base):
             except UNAVAILABLE as exc:
                 self._down(proto, op, exc)
             except redis.RedisError as exc:
-                _reraise(proto, exc)
+                reraise(proto, exc)
             else:
                 self.breaker.succeeded()
                 self.fallback.remember(proto.name, data)
@@ -278,7 +276,7 @@ class SyncStore(_Base):
         try:
             return self._call(self._local_scripts, proto, op)
         except redis.RedisError as exc:
-            _reraise(proto, exc)
+            reraise(proto, exc)
 
     def _resync(self) -> None:
         """Merges the stand-in's cooldowns into Redis (raising if Redis is still away), then drops it."""
@@ -289,7 +287,7 @@ class SyncStore(_Base):
             items = self.fallback.merge_items(self._local.hgetall(proto.keys.pool(pool)), now_ms)
             if items:
                 try:
-                    self._call(self.scripts, proto, self._merge_op(proto, items))
+                    self._call(self.scripts, proto, proto.merge(items))
                 except redis.ResponseError as exc:
                     _log.warning("coordinator: merging pool %r after the outage was refused: %s", pool, exc)
         self.fallback.seeded.clear()
@@ -328,7 +326,7 @@ class AsyncStore(_Base):
             except UNAVAILABLE as exc:
                 self._down(proto, op, exc)
             except redis.RedisError as exc:
-                _reraise(proto, exc)
+                reraise(proto, exc)
             else:
                 self.breaker.succeeded()
                 self.fallback.remember(proto.name, data)
@@ -351,7 +349,7 @@ class AsyncStore(_Base):
         try:
             return await self._call(self._local_scripts, proto, op)
         except redis.RedisError as exc:
-            _reraise(proto, exc)
+            reraise(proto, exc)
 
     async def _resync(self) -> None:
         """Merges the stand-in's cooldowns into Redis (raising if Redis is still away), then drops it."""
@@ -362,7 +360,7 @@ class AsyncStore(_Base):
             items = self.fallback.merge_items(await self._local.hgetall(proto.keys.pool(pool)), now_ms)
             if items:
                 try:
-                    await self._call(self.scripts, proto, self._merge_op(proto, items))
+                    await self._call(self.scripts, proto, proto.merge(items))
                 except redis.ResponseError as exc:
                     _log.warning("coordinator: merging pool %r after the outage was refused: %s", pool, exc)
         self.fallback.seeded.clear()
