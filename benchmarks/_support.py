@@ -1,5 +1,6 @@
-"""Helpers of the benchmark runner: a throwaway redis-server, loopback upstreams in their own
-processes, the machine description and small statistics. Imports nothing from tests/."""
+"""Helpers of the benchmark runner: loopback upstreams in their own processes, the machine
+description and small statistics (the throwaway redis-server is coordinator.testing's). Imports
+nothing from tests/."""
 
 from __future__ import annotations
 
@@ -10,89 +11,18 @@ import math
 import multiprocessing
 import os
 import platform
-import random
-import shutil
-import socket
 import statistics
 import subprocess
-import tempfile
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 
+from coordinator.testing import RedisServer
+
+__all__ = ["RedisServer"]
+
 # -- redis-server ------------------------------------------------------------------------------------
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port() -> int:
-    for _ in range(200):
-        port = random.randint(20000, 45000)
-        if _port_is_free(port):
-            return port
-    raise RuntimeError("no free loopback port found")
-
-
-class RedisServer:
-    """A redis-server of its own on a free loopback port: no persistence, removed on close."""
-
-    def __init__(self, *extra: str) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server not found on PATH (apt-get install redis-server)")
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="coord-bench-redis-")
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", self.dir, *extra]
-        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline or self.proc.poll() is not None:
-                        self.close()
-                        raise RuntimeError(f"redis-server on port {self.port} did not start") from None
-                    time.sleep(0.02)
-        finally:
-            client.close()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self, **kwargs: Any) -> redis.Redis:
-        return redis.Redis(port=self.port, decode_responses=True, **kwargs)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def redis_version() -> str:

@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import random
-import shutil
-import socket
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,67 +18,9 @@ import redis
 
 import coordinator as co
 from coordinator._backend import connect
+from coordinator.testing import RedisServer, free_port
 
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_port() -> int:
-    """A free loopback port whose cluster bus port (+10000) is free too."""
-    for _ in range(200):
-        port = random.randint(20000, 45000)
-        if _is_free(port) and _is_free(port + 10000):
-            return port
-    raise RuntimeError("no free port pair found")
-
-
-class RedisServer:
-    """A throwaway redis-server on loopback, no persistence."""
-
-    def __init__(self, *extra: str) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server not found: apt-get install redis-server, or set COORDINATOR_TEST_REDIS_URL")
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="coord-redis-")
-        self.args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                     "--dir", self.dir, *extra]
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
-                time.sleep(0.02)
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+__all__ = ["RedisServer", "free_port"]  # tests import them from here
 
 
 @pytest.fixture(scope="session")
