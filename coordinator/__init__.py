@@ -1,12 +1,14 @@
-"""coordinator: fleet-wide failover for LLM credentials and models, with its state in Redis."""
+"""coordinator: fleet-wide failover for LLM credentials and models, with its state in Redis.
 
-from ._backoff import RandomSource
-from ._classify import Classifier, Failure, classify
-from ._config import (
+The public API is what ``__all__`` lists; everything else is private. Layers, bottom up (each folder
+imports only the ones below it; docs/design.md, "Layers"): ``core``, ``rules``, ``store``,
+``transport``, ``drivers``, then ``cli`` and ``testing``.
+"""
+
+from coordinator.core.config import (
     Config,
     CooldownPolicy,
     ExhaustedPolicy,
-    FailureKind,
     Member,
     PoolConfig,
     RedisConfig,
@@ -14,8 +16,7 @@ from ._config import (
     load_config,
     parse_duration,
 )
-from ._coordinator import AsyncCoordinator, Coordinator
-from ._errors import (
+from coordinator.core.errors import (
     AllMembersFailedError,
     Cause,
     ConfigError,
@@ -27,12 +28,8 @@ from ._errors import (
     UnknownMemberError,
     UnknownPoolError,
 )
-from ._hints import preemptive_cooldown, rate_limit_hint
-from ._hooks import AttemptEvent, Hook, HookEvent, LoggingHook, TransitionEvent
-from ._keys import KeySchema
-from ._pool import AsyncPool, Pool
-from ._transport import POOLS_HEADER, FailoverTransport
-from ._types import (
+from coordinator.core.kinds import Failure, FailureKind
+from coordinator.core.types import (
     FailoverEvent,
     FailureResult,
     MemberState,
@@ -42,6 +39,16 @@ from ._types import (
     Snapshot,
     SuccessResult,
 )
+from coordinator.drivers._async.coordinator import AsyncCoordinator
+from coordinator.drivers._async.pool import AsyncPool
+from coordinator.drivers._sync.coordinator import Coordinator
+from coordinator.drivers._sync.pool import Pool
+from coordinator.rules.backoff import RandomSource
+from coordinator.rules.classify import Classifier, classify
+from coordinator.rules.hints import preemptive_cooldown, rate_limit_hint
+from coordinator.rules.hooks import AttemptEvent, Hook, HookEvent, LoggingHook, TransitionEvent
+from coordinator.store.schema import KeySchema
+from coordinator.transport.failover import POOLS_HEADER, FailoverTransport
 
 __all__ = [
     "AllMembersFailedError",

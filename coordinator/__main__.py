@@ -1,6 +1,6 @@
-"""``python -m coordinator`` and the ``coordinator`` console script (both run ``_cli.main``)."""
+"""``python -m coordinator`` and the ``coordinator`` console script (both run ``coordinator.cli.main.main``)."""
 
-from ._cli import main
+from coordinator.cli.main import main
 
 __all__ = ["main"]
 

@@ -1,7 +1,7 @@
 -- acquire.lua: choose the member a request should use.
 --
 -- KEYS[1] pool state hash, KEYS[2] pool event stream
--- ARGV[1..6] common (see lib.lua)
+-- ARGV[1..6] common (see lib/state.lua)
 -- ARGV[7]  lease id: random string, becomes the probe lease if this caller is granted a probe
 -- ARGV[8]  probe lease time to live, ms (priority strategy)
 -- ARGV[9]  failback_after, ms: how long a lower member must have been out of cooldown before a probe

@@ -1,7 +1,7 @@
 -- merge.lua: after an outage, bring in the cooldowns a worker learned while Redis was unreachable.
 --
 -- KEYS[1] pool state hash, KEYS[2] pool event stream
--- ARGV[1..6] common (see lib.lua)
+-- ARGV[1..6] common (see lib/state.lua)
 -- ARGV[7]  JSON list of [member id, remaining cooldown in ms, failure kind] learned locally
 --
 -- Each cooldown is merged as until = max(stored, now + remaining): never shortened, never escalated.

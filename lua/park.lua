@@ -1,7 +1,7 @@
 -- park.lua: an operator takes `member` out of service.
 --
 -- KEYS[1] pool state hash, KEYS[2] pool event stream
--- ARGV[1..6] common (see lib.lua)
+-- ARGV[1..6] common (see lib/state.lua)
 -- ARGV[7]  member id
 -- ARGV[8]  park duration, ms; -1 parks until unparked
 -- ARGV[9]  reason (free text, shown in status and events)

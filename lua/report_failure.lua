@@ -1,7 +1,7 @@
 -- report_failure.lua: a request on `member` failed with failure `kind`.
 --
 -- KEYS[1] pool state hash, KEYS[2] pool event stream
--- ARGV[1..6] common (see lib.lua)
+-- ARGV[1..6] common (see lib/state.lua)
 -- ARGV[7]  member id
 -- ARGV[8]  token epoch, ARGV[9] token generation (from the selection the request used)
 -- ARGV[10] kind: rate_limited | quota_exhausted | auth | transient | model_unavailable

@@ -1,7 +1,7 @@
 -- report_success.lua: a request on `member` succeeded.
 --
 -- KEYS[1] pool state hash, KEYS[2] pool event stream
--- ARGV[1..6] common (see lib.lua)
+-- ARGV[1..6] common (see lib/state.lua)
 -- ARGV[7]  member id
 -- ARGV[8]  token epoch, ARGV[9] token generation
 -- ARGV[10] probe lease id the selection held, or ""

@@ -1,7 +1,7 @@
 -- reset.lua: an operator replaces a pool's state, readable or not, with a fresh one.
 --
 -- KEYS[1] pool state hash, KEYS[2] pool event stream
--- ARGV[1..6] common (see lib.lua); ARGV[4] must hold the membership spec (reply {"need_spec":true}
+-- ARGV[1..6] common (see lib/state.lua); ARGV[4] must hold the membership spec (reply {"need_spec":true}
 --          otherwise, before anything is touched); ARGV[5] becomes the new epoch
 -- ARGV[7]  reason (free text, shown in the event)
 --

@@ -1,7 +1,7 @@
 -- rotate.lua: an operator moves the pool off its active member by parking it for a while.
 --
 -- KEYS[1] pool state hash, KEYS[2] pool event stream
--- ARGV[1..6] common (see lib.lua)
+-- ARGV[1..6] common (see lib/state.lua)
 -- ARGV[7]  park duration for the member rotated away from, ms; -1 parks it until unparked
 -- ARGV[8]  reason
 --

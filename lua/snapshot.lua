@@ -1,7 +1,7 @@
 -- snapshot.lua: read-only view of the pool, at one instant of server time.
 --
 -- KEYS[1] pool state hash, KEYS[2] pool event stream
--- ARGV[1..6] common (see lib.lua); ARGV[3] may be "*" to accept any stored membership
+-- ARGV[1..6] common (see lib/state.lua); ARGV[3] may be "*" to accept any stored membership
 --
 -- Never writes. Reply (JSON): {"missing":true,"now":ms} when the pool has no state yet, else
 --   now epoch generation version active exhausted strategy skip_until probe_member

@@ -1,7 +1,7 @@
 -- unpark.lua: an operator clears the park of `member`, and nothing else.
 --
 -- KEYS[1] pool state hash, KEYS[2] pool event stream
--- ARGV[1..6] common (see lib.lua)
+-- ARGV[1..6] common (see lib/state.lua)
 -- ARGV[7]  member id
 --
 -- The pointer does not move (sticky never snaps back); an exhausted pool recovers on the next

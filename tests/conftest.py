@@ -17,7 +17,7 @@ import pytest
 import redis
 
 import coordinator as co
-from coordinator._backend import connect
+from coordinator.store.connect import connect
 from coordinator.testing import RedisServer, free_port
 
 __all__ = ["RedisServer", "free_port"]  # tests import them from here

@@ -1,0 +1,1 @@
+"""Drivers: ``_async`` is the hand-written copy, ``_sync`` is generated from it (see ``coordinator.drivers``)."""

@@ -1,0 +1,139 @@
+"""The entry point a worker holds: its pools, their store, the change-notice listener, and ``call``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from coordinator.core.config import Config, PoolConfig
+from coordinator.drivers._async.executor import run_plan
+from coordinator.drivers._async.pool import AsyncPool
+from coordinator.drivers._async.store import AsyncStore
+from coordinator.drivers.base import CoordinatorBase
+from coordinator.drivers.io_async import IS_ASYNC, CallFn, NoticeListener, RedisClient, connect, default_sleep
+from coordinator.rules.backoff import RandomSource
+from coordinator.rules.classify import Classifier
+from coordinator.rules.hooks import Hook
+from coordinator.rules.outage import DEFAULT_PROBE_INTERVAL
+from coordinator.rules.view import DEFAULT_STALENESS
+from coordinator.store.codec import DEFAULT_STREAM_MAXLEN
+from coordinator.store.connect import DEFAULT_TIMEOUT
+
+T = TypeVar("T")
+
+
+class AsyncCoordinator(CoordinatorBase):
+    """Fleet-wide failover state for a worker.
+
+    - ``url``: ``memory://`` (embedded, this process only), ``redis://``, ``rediss://``, ``unix://``,
+      ``redis+cluster://``, ``redis+sentinel://`` (see the README).
+    - ``prefix``: the key prefix, one per tenant or product sharing a Redis.
+    - ``staleness``: seconds a worker may reuse an acquire decision without asking Redis (default 1;
+      change notices drop it sooner; 0 asks Redis on every acquire).
+    - ``timeout``: seconds to connect to and to hear from Redis before serving from local state.
+    - ``probe_interval``: while Redis is unreachable, how often one call tries it again.
+    - ``local_fallback``: serve acquire and reports from local state while Redis is unreachable
+      (default); False raises ``StoreUnavailableError`` instead (the CLI does, operators need truth).
+    - ``hooks``, ``classifier``: observers and a failure classifier for every ``call``.
+    """
+
+    is_async = IS_ASYNC
+
+    def __init__(
+        self,
+        url: str = "memory://",
+        pools: Iterable[PoolConfig] = (),
+        *,
+        prefix: str = "coord",
+        stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
+        client: RedisClient | None = None,
+        hooks: Iterable[Hook] = (),
+        classifier: Classifier | None = None,
+        staleness: float = DEFAULT_STALENESS,
+        probe_interval: float = DEFAULT_PROBE_INTERVAL,
+        timeout: float = DEFAULT_TIMEOUT,
+        local_fallback: bool = True,
+    ) -> None:
+        super().__init__(url, pools, prefix, stream_maxlen, hooks, classifier, staleness)
+        self.client = client if client is not None else connect(url, timeout)
+        self._store = AsyncStore(self.client, self._codecs, url, probe_interval, self._forget_views, local_fallback)
+        # Started by the first acquire: a coordinator used only for operator actions needs none.
+        self._listener: NoticeListener | None = None
+        if self.staleness > 0 and self._codecs:
+            self._listener = NoticeListener(self.client, self.keys.channel, self._on_notice, self._forget_views)
+        start = self._listener.ensure_started if self._listener is not None else _nothing
+        self._pools = {name: AsyncPool(codec, self._store, start) for name, codec in self._codecs.items()}
+
+    @classmethod
+    def from_config(cls, config: Config | str | os.PathLike[str], **kwargs: Any) -> AsyncCoordinator:
+        """Build from a ``Config`` or the path of a ``coordinator.toml``."""
+        return cls(**{**cls._config_args(config), **kwargs})
+
+    def pool(self, name: str) -> AsyncPool:
+        self._codec(name)
+        return self._pools[name]
+
+    async def call(
+        self,
+        pools: str | Sequence[str],
+        fn: CallFn[T],
+        *,
+        deadline: float | None = None,
+        max_retries: int | None = None,
+        classifier: Classifier | None = None,
+        hooks: Iterable[Hook] = (),
+        sleep: Callable[[float], object] | None = None,
+        rng: RandomSource | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> T:
+        """Run ``fn(member)`` on a member of ``pools`` (a pool name, or a chain: a list of names tried in
+        order) and return what ``fn`` returned. Rate limits, exhausted quotas and auth failures cool the
+        member and move to the next one at once; transient errors retry the same member with backoff
+        first; a missing model skips the rest of its pool.
+
+        - ``deadline``: seconds this whole call may take (waits, backoff, new attempts); an attempt
+          already running is not interrupted, so give ``fn``'s client its own timeout.
+        - ``max_retries``: retries of one member on transient errors, overriding each pool's
+          ``attempts_per_member - 1``; moving to another member never counts as a retry.
+        - ``classifier``: tried first for each failure (then the coordinator's, then the built-in one).
+        - ``hooks``: observers for this call, after the coordinator's own.
+        - ``sleep``, ``rng``, ``clock``: injectable for tests (default sleep: ``time.sleep``, or
+          ``asyncio.sleep`` for ``AsyncCoordinator``; ``random``; ``time.monotonic``).
+
+        If ``fn`` returns an iterator (or is a generator function), failover happens only until its
+        first item; the call returns an iterator that yields that item and the rest, and errors after
+        it surface as they are. A returned HTTP response with status >= 400 counts as a failure. With
+        ``AsyncCoordinator``, ``fn`` may be sync or async and return an awaitable or an async iterator;
+        cancelling the task cancels the call at once, touching no state.
+
+        Raises the caller's own exception unchanged for request, content-policy and context-length
+        failures, ``AllMembersFailedError`` when no member served; cancellation propagates at once.
+        """
+        plan = self._plan(
+            pools, deadline=deadline, max_retries=max_retries, classifier=classifier, rng=rng, clock=clock
+        )
+        result: T = await run_plan(
+            plan,
+            {cfg.name: self.pool(cfg.name) for cfg in plan.pools},
+            fn,
+            hooks=[*self.hooks, *hooks],
+            sleep=sleep if sleep is not None else default_sleep,
+        )
+        return result
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            await self._listener.aclose()
+            self._listener = None
+        await self.client.aclose()
+
+    async def __aenter__(self) -> AsyncCoordinator:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _nothing() -> None:
+    pass

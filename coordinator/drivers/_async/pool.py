@@ -1,0 +1,82 @@
+"""One pool's shared state as a worker sees it: each method asks the pool's codec for a script op
+and runs it through the store; acquire and quiet successes are answered from the local view when it
+can (docs/design.md, "The local view")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+
+from coordinator.core.types import FailoverEvent, FailureResult, ParkResult, Result, Selection, Snapshot, SuccessResult
+from coordinator.drivers._async.store import AsyncStore
+from coordinator.store.codec import Op, PoolCodec
+from coordinator.store.redis_errors import reraise
+
+T = TypeVar("T")
+
+
+class AsyncPool:
+    """One pool's shared state. Get it from the coordinator: ``coordinator.pool(name)``."""
+
+    def __init__(self, codec: PoolCodec, store: AsyncStore, on_use: Callable[[], None] = lambda: None) -> None:
+        self._codec = codec
+        self._store = store
+        self._client = store.client
+        self.name = codec.name
+        self.config = codec.config
+        # Starts the coordinator's change-notice listener, which the local view relies on.
+        self._start_listener = on_use
+
+    async def _run(self, op: Op[T]) -> T:
+        return await self._store.run(self._codec, op)
+
+    async def acquire(self) -> Selection:
+        self._start_listener()
+        local = self._codec.local_acquire()
+        return local if local is not None else await self._run(self._codec.acquire())
+
+    async def report_failure(self, selection: Selection, kind: str, retry_after: float | None = None) -> FailureResult:
+        return await self._run(self._codec.report_failure(selection, kind, retry_after))
+
+    async def report_success(self, selection: Selection) -> SuccessResult:
+        local = self._codec.local_success(selection)
+        return local if local is not None else await self._run(self._codec.report_success(selection))
+
+    async def park(self, member_id: str, seconds: float | None = None, reason: str = "") -> ParkResult:
+        return await self._run(self._codec.park(member_id, seconds, reason))
+
+    async def unpark(self, member_id: str) -> ParkResult:
+        return await self._run(self._codec.unpark(member_id))
+
+    async def rotate(self, reason: str = "manual", seconds: float | None = None) -> ParkResult:
+        return await self._run(self._codec.rotate(seconds, reason))
+
+    async def reset(self, reason: str = "reset") -> Result:
+        """Replace the pool's state, even a corrupt one, with a fresh one (new epoch, one ``reset`` event,
+        the event history dropped). Cooldowns are forgotten; unexpired parks of configured members are kept."""
+        return await self._run(self._codec.reset(reason))
+
+    async def snapshot(self) -> Snapshot:
+        return await self._run(self._codec.snapshot())
+
+    async def events(self, limit: int = 100, *, since: float | None = None) -> list[FailoverEvent]:
+        """The newest ``limit`` events (written at or after ``since``, unix seconds), oldest first."""
+        lower = self._codec.since_id(since)
+        try:
+            entries = await self._client.xrevrange(self._codec.events_key, max="+", min=lower, count=limit)
+        except redis.RedisError as exc:
+            reraise(self._codec, exc)
+        return self._codec.parse_events(list(reversed(entries or [])))
+
+    async def events_after(self, last_id: str, *, block: float | None = None, count: int = 100) -> list[FailoverEvent]:
+        """Up to ``count`` events written after the event ``last_id``, oldest first; waits up to
+        ``block`` seconds for one to arrive. Keep ``block`` below the coordinator's ``timeout`` (0.25 s
+        by default; a coordinator for tailing events wants a longer one)."""
+        args = self._codec.xread_args(last_id, block, count)
+        try:
+            reply = await self._client.xread(**args)
+        except redis.RedisError as exc:
+            reraise(self._codec, exc)
+        return self._codec.parse_xread(reply)

@@ -1,0 +1,50 @@
+# GENERATED from coordinator/drivers/_async/executor.py by scripts/unasync.py: do not edit.
+"""The loop that carries out a ``CallPlan``: store calls, attempts, sleeps and hook notices."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from coordinator.core.config import Member
+from coordinator.drivers.base import raise_action, store_call
+from coordinator.drivers.io_sync import attempt, close_quietly, maybe_await
+from coordinator.rules.hooks import Hook, dispatch
+from coordinator.rules.plan import NOTHING, Attempt, CallPlan, Discard, Notify, Outcome, Raise, Return, Sleep
+
+
+def run_plan(
+    plan: CallPlan,
+    pools: Mapping[str, Any],
+    fn: Callable[[Member], Any],
+    *,
+    hooks: Sequence[Hook],
+    sleep: Callable[[float], Any],
+) -> Any:
+    """Carries out ``plan``; ``pools`` maps pool names to the coordinator's pool objects."""
+    try:
+        action = plan.start()
+        while True:
+            if isinstance(action, Return):
+                return action.value
+            if isinstance(action, Raise):
+                raise_action(action)
+            store = store_call(pools, action)
+            if store is not None:
+                try:
+                    outcome = Outcome(value=store())
+                except Exception as exc:
+                    outcome = Outcome(error=exc)
+            elif isinstance(action, Attempt):
+                outcome = attempt(fn, action.selection.member, plan.clock)
+            else:
+                if isinstance(action, Sleep):
+                    maybe_await(sleep(action.seconds))
+                elif isinstance(action, Notify):
+                    dispatch(hooks, action.event)
+                elif isinstance(action, Discard):
+                    close_quietly(action.value)
+                outcome = NOTHING
+            action = plan.send(outcome)
+    finally:
+        plan.close()

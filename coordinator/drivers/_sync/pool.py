@@ -1,0 +1,83 @@
+# GENERATED from coordinator/drivers/_async/pool.py by scripts/unasync.py: do not edit.
+"""One pool's shared state as a worker sees it: each method asks the pool's codec for a script op
+and runs it through the store; acquire and quiet successes are answered from the local view when it
+can (docs/design.md, "The local view")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import redis
+
+from coordinator.core.types import FailoverEvent, FailureResult, ParkResult, Result, Selection, Snapshot, SuccessResult
+from coordinator.drivers._sync.store import Store
+from coordinator.store.codec import Op, PoolCodec
+from coordinator.store.redis_errors import reraise
+
+T = TypeVar("T")
+
+
+class Pool:
+    """One pool's shared state. Get it from the coordinator: ``coordinator.pool(name)``."""
+
+    def __init__(self, codec: PoolCodec, store: Store, on_use: Callable[[], None] = lambda: None) -> None:
+        self._codec = codec
+        self._store = store
+        self._client = store.client
+        self.name = codec.name
+        self.config = codec.config
+        # Starts the coordinator's change-notice listener, which the local view relies on.
+        self._start_listener = on_use
+
+    def _run(self, op: Op[T]) -> T:
+        return self._store.run(self._codec, op)
+
+    def acquire(self) -> Selection:
+        self._start_listener()
+        local = self._codec.local_acquire()
+        return local if local is not None else self._run(self._codec.acquire())
+
+    def report_failure(self, selection: Selection, kind: str, retry_after: float | None = None) -> FailureResult:
+        return self._run(self._codec.report_failure(selection, kind, retry_after))
+
+    def report_success(self, selection: Selection) -> SuccessResult:
+        local = self._codec.local_success(selection)
+        return local if local is not None else self._run(self._codec.report_success(selection))
+
+    def park(self, member_id: str, seconds: float | None = None, reason: str = "") -> ParkResult:
+        return self._run(self._codec.park(member_id, seconds, reason))
+
+    def unpark(self, member_id: str) -> ParkResult:
+        return self._run(self._codec.unpark(member_id))
+
+    def rotate(self, reason: str = "manual", seconds: float | None = None) -> ParkResult:
+        return self._run(self._codec.rotate(seconds, reason))
+
+    def reset(self, reason: str = "reset") -> Result:
+        """Replace the pool's state, even a corrupt one, with a fresh one (new epoch, one ``reset`` event,
+        the event history dropped). Cooldowns are forgotten; unexpired parks of configured members are kept."""
+        return self._run(self._codec.reset(reason))
+
+    def snapshot(self) -> Snapshot:
+        return self._run(self._codec.snapshot())
+
+    def events(self, limit: int = 100, *, since: float | None = None) -> list[FailoverEvent]:
+        """The newest ``limit`` events (written at or after ``since``, unix seconds), oldest first."""
+        lower = self._codec.since_id(since)
+        try:
+            entries = self._client.xrevrange(self._codec.events_key, max="+", min=lower, count=limit)
+        except redis.RedisError as exc:
+            reraise(self._codec, exc)
+        return self._codec.parse_events(list(reversed(entries or [])))
+
+    def events_after(self, last_id: str, *, block: float | None = None, count: int = 100) -> list[FailoverEvent]:
+        """Up to ``count`` events written after the event ``last_id``, oldest first; waits up to
+        ``block`` seconds for one to arrive. Keep ``block`` below the coordinator's ``timeout`` (0.25 s
+        by default; a coordinator for tailing events wants a longer one)."""
+        args = self._codec.xread_args(last_id, block, count)
+        try:
+            reply = self._client.xread(**args)
+        except redis.RedisError as exc:
+            reraise(self._codec, exc)
+        return self._codec.parse_xread(reply)

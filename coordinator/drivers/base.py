@@ -1,0 +1,155 @@
+"""What the sync and async drivers share without I/O: the coordinator's pool registry and call
+planning, and the mapping of a plan's store actions to pool methods."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, cast
+
+from coordinator.core.config import Config, PoolConfig, RedisConfig, load_config
+from coordinator.core.errors import ConfigError, UnknownPoolError
+from coordinator.rules.backoff import RandomSource
+from coordinator.rules.classify import Classifier
+from coordinator.rules.hooks import Hook
+from coordinator.rules.plan import Acquire, Action, CallPlan, Raise, ReadSnapshot, ReportFailure, ReportSuccess
+from coordinator.rules.view import DEFAULT_STALENESS
+from coordinator.store.codec import PoolCodec
+from coordinator.store.notices import Notice
+from coordinator.store.schema import KeySchema
+from coordinator.transport.failover import Caller, FailoverTransport
+
+
+class CoordinatorBase:
+    """The configured pools and the call planning of ``Coordinator`` and ``AsyncCoordinator``."""
+
+    #: The transport checks it: a sync client needs a sync coordinator, an async client an async one.
+    is_async = False
+
+    def __init__(
+        self,
+        url: str,
+        pools: Iterable[PoolConfig],
+        prefix: str,
+        stream_maxlen: int,
+        hooks: Iterable[Hook] = (),
+        classifier: Classifier | None = None,
+        staleness: float = DEFAULT_STALENESS,
+    ) -> None:
+        if not isinstance(staleness, int | float) or not 0 <= staleness <= 60:
+            raise ConfigError(f"staleness must be between 0 and 60 seconds, not {staleness!r}")
+        self.url = url
+        #: Seconds a worker may reuse an acquire decision without asking Redis (0: never).
+        self.staleness = float(staleness)
+        #: Observers of every ``call`` (see ``coordinator.Hook``); append to add more.
+        self.hooks: list[Hook] = list(hooks)
+        #: Tried before the built-in classification on every ``call``; None answers "don't know".
+        self.classifier = classifier
+        self.keys = KeySchema(RedisConfig(url=url, prefix=prefix).prefix)
+        self._codecs: dict[str, PoolCodec] = {}
+        for cfg in pools:
+            if not isinstance(cfg, PoolConfig):
+                raise ConfigError(f"pools must be PoolConfig objects, got {type(cfg).__name__}")
+            if cfg.name in self._codecs:
+                raise ConfigError(f"pool {cfg.name!r} is configured twice")
+            self._codecs[cfg.name] = PoolCodec(cfg, self.keys, stream_maxlen, staleness)
+
+    def _on_notice(self, notice: Notice) -> None:
+        codec = self._codecs.get(notice.pool)
+        if codec is not None:
+            codec.view.notice(notice.epoch, notice.version, notice, codec.clock())
+
+    def _forget_views(self) -> None:
+        """Nothing local is trusted any more (notices may have been missed): every view re-reads Redis."""
+        for codec in self._codecs.values():
+            codec.view.forget()
+
+    @classmethod
+    def _config_args(cls, config: Config | str | os.PathLike[str]) -> dict[str, Any]:
+        if not isinstance(config, Config):
+            config = load_config(config)
+        return {"url": config.redis.url, "pools": list(config.pools.values()), "prefix": config.redis.prefix}
+
+    @property
+    def pool_names(self) -> list[str]:
+        return list(self._codecs)
+
+    def pool_config(self, name: str) -> PoolConfig:
+        return self._codec(name).config
+
+    def _plan(
+        self,
+        pools: str | Sequence[str],
+        *,
+        deadline: float | None,
+        max_retries: int | None,
+        classifier: Classifier | None,
+        rng: RandomSource | None,
+        clock: Callable[[], float] | None,
+    ) -> CallPlan:
+        names = [pools] if isinstance(pools, str) else list(pools)
+        return CallPlan(
+            [self._codec(name).config for name in names],
+            classifiers=[c for c in (classifier, self.classifier) if c is not None],
+            max_retries=max_retries,
+            deadline=deadline,
+            clock=clock if clock is not None else time.monotonic,
+            rng=rng,
+        )
+
+    def transport(self, pools: str | Sequence[str], inner: Any = None, **call_options: Any) -> FailoverTransport:
+        """An httpx (or httpx2) transport that fails over across ``pools`` (a pool or a chain).
+
+        ``inner`` is the transport that really sends (default: the HTTP library's own);
+        ``call_options`` go to every ``call`` (e.g. ``deadline``). Sync with ``Coordinator``, async
+        with ``AsyncCoordinator``.
+        """
+        # Every subclass has ``call``; the transport asks for nothing more (transport.failover.Caller).
+        return FailoverTransport(cast(Caller, self), pools, inner, **call_options)
+
+    def _codec(self, name: str) -> PoolCodec:
+        try:
+            return self._codecs[name]
+        except KeyError:
+            raise UnknownPoolError(name, list(self._codecs)) from None
+
+
+def store_call(pools: Mapping[str, Any], action: Action) -> Callable[[], Any] | None:
+    """The pool method a plan's action names, bound and ready (its result a coroutine for async pools)."""
+    if isinstance(action, Acquire):
+        return pools[action.pool].acquire  # type: ignore[no-any-return]
+    if isinstance(action, ReadSnapshot):
+        return pools[action.pool].snapshot  # type: ignore[no-any-return]
+    if isinstance(action, ReportFailure):
+        sel = action.selection
+        return lambda: pools[sel.pool].report_failure(sel, action.kind, action.retry_after)
+    if isinstance(action, ReportSuccess):
+        sel = action.selection
+        return lambda: pools[sel.pool].report_success(sel)
+    return None
+
+
+def raise_action(action: Raise) -> None:
+    if action.cause is None:
+        raise action.error
+    raise action.error from action.cause
+
+
+def is_stream(value: object) -> bool:
+    return isinstance(value, Iterator) and not isinstance(value, io.IOBase)
+
+
+def resume(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    """The stream as the caller reads it: its first item (already taken to judge it), then the rest."""
+    try:
+        yield first
+        yield from rest
+    finally:
+        # A caller that stops early must release the stream (its HTTP connection) now, not at GC.
+        close = getattr(rest, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()

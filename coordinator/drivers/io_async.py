@@ -1,0 +1,106 @@
+"""The asyncio half of what the drivers do differently by nature: locks, sleeping, the embedded
+stand-in's client, the change-notice listener, and running one attempt of the caller's function.
+
+The drivers in ``_async/`` import these names from here; their generated sync twins in ``_sync/``
+import the same names from ``io_sync`` (see ``scripts/unasync.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio
+
+from coordinator.core.config import Member
+from coordinator.drivers.base import is_stream, resume
+from coordinator.rules.classify import is_error_response
+from coordinator.rules.plan import Outcome
+from coordinator.store.connect import connect_async as connect
+from coordinator.store.notices import AsyncNoticeListener as NoticeListener
+
+T = TypeVar("T")
+
+__all__ = [
+    "IS_ASYNC", "CallFn", "Lock", "NoticeListener", "RedisClient", "attempt", "close_quietly", "connect",
+    "default_sleep", "fake_redis", "maybe_await",
+]
+
+#: What ``AsyncCoordinator.call`` runs per attempt: a sync or an async function of the member.
+CallFn = Callable[[Member], Awaitable[T] | T]
+IS_ASYNC = True
+RedisClient = redis.asyncio.Redis
+Lock = asyncio.Lock
+default_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+def fake_redis() -> Any:
+    """A private in-process Redis (fakeredis, with Lua) for the local stand-in."""
+    import fakeredis
+
+    return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
+
+
+async def maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+async def _aresume(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _call_first(value: Any, names: tuple[str, ...]) -> None:
+    """Calls (and awaits, if need be) the first of ``names`` that ``value`` has and that works."""
+    for name in names:
+        method = getattr(value, name, None)
+        if method is None:
+            continue
+        try:
+            await maybe_await(method())
+            return
+        except Exception:
+            continue
+
+
+async def close_quietly(value: Any) -> None:
+    # It already failed; the failure that matters is the one being handled.
+    await _call_first(value, ("aclose", "close"))
+
+
+async def attempt(fn: Callable[[Member], Any], member: Member, clock: Callable[[], float]) -> Outcome:
+    """Runs ``fn(member)``: awaits what it returns, and for a stream, waits for its first item, so a
+    stream that fails before it delivered anything is failed over like any other error."""
+    started = clock()
+    try:
+        value = await maybe_await(fn(member))
+    except Exception as exc:
+        return Outcome(error=exc, elapsed=clock() - started)
+    if is_error_response(value):
+        # An unread streamed error response hides its body, and with it codes like insufficient_quota.
+        await _call_first(value, ("aread", "read"))
+    try:
+        if isinstance(value, AsyncIterator):
+            try:
+                first = await anext(value)
+            except StopAsyncIteration:
+                return Outcome(value=value, result=value, elapsed=clock() - started)
+            return Outcome(value=value, result=_aresume(first, value), elapsed=clock() - started)
+        if is_stream(value):
+            try:
+                first = next(value)
+            except StopIteration:
+                return Outcome(value=value, result=value, elapsed=clock() - started)
+            return Outcome(value=value, result=resume(first, value), elapsed=clock() - started)
+    except Exception as exc:
+        await close_quietly(value)
+        return Outcome(error=exc, elapsed=clock() - started)
+    return Outcome(value=value, result=value, elapsed=clock() - started)

@@ -1,0 +1,88 @@
+"""The blocking half of what the drivers do differently by nature (see ``io_async``): the generated
+drivers in ``_sync/`` import these names instead of ``io_async``'s."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import redis
+
+from coordinator.core.config import Member
+from coordinator.drivers.base import is_stream, resume
+from coordinator.rules.classify import is_error_response
+from coordinator.rules.plan import Outcome
+from coordinator.store.connect import connect
+from coordinator.store.notices import NoticeListener
+
+T = TypeVar("T")
+
+__all__ = [
+    "IS_ASYNC", "CallFn", "Lock", "NoticeListener", "RedisClient", "attempt", "close_quietly", "connect",
+    "default_sleep", "fake_redis", "maybe_await",
+]
+
+#: What ``Coordinator.call`` runs per attempt: a function of the member.
+CallFn = Callable[[Member], T]
+IS_ASYNC = False
+RedisClient = redis.Redis
+Lock = threading.Lock
+default_sleep: Callable[[float], None] = time.sleep
+
+
+def fake_redis() -> Any:
+    """A private in-process Redis (fakeredis, with Lua) for the local stand-in."""
+    import fakeredis
+
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+
+
+def maybe_await(value: Any) -> Any:
+    return value
+
+
+def close_quietly(value: Any) -> None:
+    close = getattr(value, "close", None)
+    if close is not None:
+        # It already failed; the failure that matters is the one being handled.
+        with contextlib.suppress(Exception):
+            close()
+
+
+def _not_awaited(value: Any) -> TypeError:
+    close = getattr(value, "close", None)
+    if close is not None:
+        close()  # a never-awaited coroutine warns at garbage collection otherwise
+    return TypeError(f"fn returned {type(value).__name__}; use AsyncCoordinator.call for async functions")
+
+
+def attempt(fn: Callable[[Member], Any], member: Member, clock: Callable[[], float]) -> Outcome:
+    """Runs ``fn(member)``; for a stream, waits for its first item, so a stream that fails before it
+    delivered anything is failed over like any other error."""
+    started = clock()
+    try:
+        value = fn(member)
+    except Exception as exc:
+        return Outcome(error=exc, elapsed=clock() - started)
+    if inspect.isawaitable(value) or isinstance(value, AsyncIterator):
+        raise _not_awaited(value)
+    if is_error_response(value):
+        # An unread streamed error response hides its body, and with it codes like insufficient_quota.
+        read = getattr(value, "read", None)
+        if read is not None:
+            with contextlib.suppress(Exception):
+                read()
+    if is_stream(value):
+        try:
+            first = next(value)
+        except StopIteration:
+            return Outcome(value=value, result=value, elapsed=clock() - started)
+        except Exception as exc:
+            close_quietly(value)
+            return Outcome(error=exc, elapsed=clock() - started)
+        return Outcome(value=value, result=resume(first, value), elapsed=clock() - started)
+    return Outcome(value=value, result=value, elapsed=clock() - started)

@@ -1,0 +1,150 @@
+"""The worker's local view of one pool: reuse the last acquire decision without asking Redis.
+
+Sans-IO: every method takes the local monotonic time; nothing here touches the network.
+
+An acquire reply says how long its decision holds by time alone (``valid_until``): a sticky pointer
+only moves on a write, a priority pool may need a probe once a lower member recovers, a round-robin
+rotation changes when a cooling member rejoins. Every write publishes a change notice with the pool's
+new ``version``; a notice or reply that shows a newer version than the decision was made at drops it,
+and a sticky pool's notice brings the new decision along.
+Whatever happens, a decision is never reused longer than ``staleness`` seconds, which also bounds the
+damage of a missed notice: at worst one request goes to a member that just cooled, and its failure
+report carries the old token, so it neither moves the pointer nor duplicates an event.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.core.config import Member
+from coordinator.core.types import Selection
+
+DEFAULT_STALENESS = 1.0
+
+
+@dataclass
+class _Decision:
+    epoch: str
+    generation: int
+    version: int
+    active: str | None
+    #: Sticky/priority: the one member to use. Round robin: the weighted rotation.
+    rotation: tuple[Member, ...]
+    #: Members whose successes must be reported (non-zero failure or ejection counts).
+    dirty: frozenset[str]
+    #: Local monotonic seconds until which the decision may be reused.
+    expires: float
+    #: Server time minus local monotonic time, seconds, as seen when the decision was fetched.
+    clock_offset: float
+    turn: Iterator[int] = field(default_factory=itertools.count)
+
+
+class PoolView:
+    """Reusable acquire decisions for one pool, dropped by newer versions and by age."""
+
+    def __init__(self, pool: str, members: dict[str, Member], staleness: float = DEFAULT_STALENESS) -> None:
+        self.pool = pool
+        self._members = members
+        self.staleness = staleness
+        self._decision: _Decision | None = None
+        #: The newest (epoch, version) any notice or reply showed.
+        self._seen: tuple[str, int] = ("", -1)
+        #: Server time minus local monotonic time, from the last reply (None before any).
+        self._offset: float | None = None
+        self.hits = 0
+        self.misses = 0
+
+    # -- learning --------------------------------------------------------------------------------
+
+    def learn_acquire(self, data: dict[str, Any], now: float) -> None:
+        """Keeps the decision of an acquire reply if it may be reused."""
+        self.observe(data)
+        valid_until = float(data.get("valid_until") or 0)
+        server_now = float(data.get("now", 0))
+        self._offset = server_now / 1000.0 - now
+        if self.staleness <= 0 or valid_until <= server_now or data.get("degraded") or data.get("lease"):
+            self._decision = None
+            return
+        epoch, version = str(data["epoch"]), int(data["version"])
+        if (epoch, version) != self._seen:
+            self._decision = None  # a newer write was already announced
+            return
+        if data.get("rotation"):
+            rotation = tuple(
+                self._members[member_id]
+                for item in str(data["rotation"]).split(",")
+                for member_id, _, weight in [item.partition(":")]
+                for _ in range(int(weight or 1))
+            )
+        else:
+            rotation = (self._members[str(data["member"])],)
+        dirty = frozenset(filter(None, str(data.get("dirty") or "").split(",")))
+        expires = now + min(self.staleness, (valid_until - server_now) / 1000.0)
+        self._decision = _Decision(epoch, int(data["generation"]), version, data.get("active") or None, rotation,
+                                   dirty, expires, server_now / 1000.0 - now)
+
+    def observe(self, data: dict[str, Any]) -> None:
+        """Any script reply: remember its version; drop a decision it shows to be outdated."""
+        if "version" in data and "epoch" in data:
+            self.notice(str(data["epoch"]), int(data["version"]))
+
+    def notice(self, epoch: str, version: int, hint: Any = None, now: float = 0.0) -> None:
+        """A change notice (or reply) for this pool. ``hint``, from a sticky pool's notice, carries the
+        decision itself (``active``, ``generation``, ``dirty``): taken at once, no round trip."""
+        newer = epoch != self._seen[0] or version > self._seen[1]
+        if newer:
+            self._seen = (epoch, version)
+        decision = self._decision
+        if decision is not None and (epoch != decision.epoch or version > decision.version):
+            self._decision = None
+        active = getattr(hint, "active", None)
+        if newer and active in self._members and self.staleness > 0 and self._offset is not None:
+            self._decision = _Decision(epoch, int(hint.generation), version, active, (self._members[active],),
+                                       frozenset(hint.dirty), now + self.staleness, self._offset)
+
+    def forget(self) -> None:
+        """Drop the decision (e.g. after a failure report or a lost subscription)."""
+        self._decision = None
+
+    # -- using -----------------------------------------------------------------------------------
+
+    def _current(self, now: float) -> _Decision | None:
+        decision = self._decision
+        if decision is None:
+            return None
+        if now >= decision.expires:
+            self._decision = None
+            return None
+        return decision
+
+    def selection(self, now: float) -> Selection | None:
+        """The member to use, decided locally, or None: ask Redis."""
+        decision = self._current(now)
+        if decision is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        rotation = decision.rotation
+        member = rotation[next(decision.turn) % len(rotation)] if len(rotation) > 1 else rotation[0]
+        return Selection(pool=self.pool, member=member, epoch=decision.epoch, generation=decision.generation,
+                         now=now + decision.clock_offset)
+
+    def success_is_news(self, selection: Selection, now: float) -> bool:
+        """False when reporting this success would change nothing in Redis, as far as we know."""
+        if selection.lease:
+            return True
+        decision = self._current(now)
+        if decision is None or selection.epoch != decision.epoch:
+            return True
+        return selection.member.id in decision.dirty
+
+    def quiet_success(self, selection: Selection, now: float) -> dict[str, Any]:
+        """The reply report_success would have given, for a success that changes nothing."""
+        decision = self._decision
+        assert decision is not None
+        return {"epoch": decision.epoch, "generation": decision.generation, "active": decision.active,
+                "exhausted": False, "now": (now + decision.clock_offset) * 1000.0, "reset": False,
+                "transitioned": False}

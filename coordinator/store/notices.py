@@ -1,0 +1,173 @@
+"""One change-notice subscriber per coordinator (per process), feeding every pool's local view.
+
+Every script that writes publishes ``<pool> <epoch> <generation> <version> <active> <dirty>`` on
+``<prefix>:changes``. The listener hands each notice to the pool's view, which drops a decision the
+notice outdates, or (sticky pools) takes the notice's own decision without asking Redis. If
+the subscription is lost, views fall back to their staleness bound (they never trust a decision
+longer than that anyway); the listener says so once in the log, keeps trying to resubscribe, and
+after it succeeds drops every view, since notices may have been missed meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+_log = logging.getLogger("coordinator")
+
+#: How long one wait for a message lasts; also how late the listener notices it should stop.
+POLL = 0.5
+RETRY_MIN, RETRY_MAX = 0.1, 2.0
+
+
+@dataclass(frozen=True)
+class Notice:
+    pool: str
+    epoch: str
+    generation: int
+    version: int
+    #: Sticky pools: the member to use from now on, and the members whose successes must be reported.
+    active: str | None = None
+    dirty: frozenset[str] = frozenset()
+
+
+def parse_notice(data: Any) -> Notice | None:
+    """A notice "<pool> <epoch> <generation> <version> [<active or -> <dirty or ->]"; None for anything else."""
+    if isinstance(data, bytes):
+        data = data.decode(errors="replace")
+    if not isinstance(data, str):
+        return None
+    parts = data.split(" ")
+    if len(parts) not in (4, 6) or not parts[2].isdigit() or not parts[3].isdigit():
+        return None
+    active = parts[4] if len(parts) == 6 and parts[4] != "-" else None
+    dirty = frozenset(parts[5].split(",")) if len(parts) == 6 and parts[5] != "-" else frozenset()
+    return Notice(parts[0], parts[1], int(parts[2]), int(parts[3]), active, dirty)
+
+
+class _State:
+    """What sync and async listeners share: dispatch and the lost/resumed bookkeeping."""
+
+    def __init__(self, channel: str, on_notice: Callable[[Notice], None],
+                 on_resync: Callable[[], None]) -> None:
+        self.channel = channel
+        self.on_notice = on_notice
+        self.on_resync = on_resync
+        self.lost = False
+        self.subscribed = threading.Event()
+
+    def message(self, message: Any) -> None:
+        if not message or message.get("type") != "message":
+            return
+        notice = parse_notice(message.get("data"))
+        if notice is not None:
+            self.on_notice(notice)
+
+    def connected(self) -> None:
+        if self.lost:
+            self.lost = False
+            _log.info("coordinator: change notices on %s resumed; local views re-read from Redis", self.channel)
+        # Notices may have been missed before (or while) subscribing: nothing local is trusted.
+        self.on_resync()
+        self.subscribed.set()
+
+    def failed(self, exc: BaseException) -> None:
+        self.subscribed.clear()
+        if not self.lost:
+            self.lost = True
+            _log.warning("coordinator: change notices on %s lost (%s); local views fall back to their "
+                         "staleness bound until the subscription is back", self.channel, exc)
+
+
+class NoticeListener:
+    """A daemon thread subscribed to the channel of a sync client."""
+
+    def __init__(self, client: Any, channel: str, on_notice: Callable[[Notice], None],
+                 on_resync: Callable[[], None]) -> None:
+        self._client = client
+        self.state = _State(channel, on_notice, on_resync)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def ensure_started(self) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="coordinator-notices", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        delay = RETRY_MIN
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.state.channel)
+                self.state.connected()
+                delay = RETRY_MIN
+                while not self._stop.is_set():
+                    self.state.message(pubsub.get_message(timeout=POLL))
+            except Exception as exc:  # any failure of the subscription: fall back, retry
+                if self._stop.is_set():
+                    break
+                self.state.failed(exc)
+                self._stop.wait(delay)
+                delay = min(RETRY_MAX, delay * 2)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=POLL * 4)
+
+
+class AsyncNoticeListener:
+    """An asyncio task subscribed to the channel of an asyncio client; started on first use."""
+
+    def __init__(self, client: Any, channel: str, on_notice: Callable[[Notice], None],
+                 on_resync: Callable[[], None]) -> None:
+        self._client = client
+        self.state = _State(channel, on_notice, on_resync)
+        self._task: asyncio.Task[None] | None = None
+
+    def ensure_started(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="coordinator-notices")
+
+    async def _run(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            pubsub = None
+            try:
+                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(self.state.channel)
+                self.state.connected()
+                delay = RETRY_MIN
+                while True:
+                    self.state.message(await pubsub.get_message(timeout=POLL))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.state.failed(exc)
+                await asyncio.sleep(delay)
+                delay = min(RETRY_MAX, delay * 2)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None

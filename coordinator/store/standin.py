@@ -1,0 +1,93 @@
+"""The local stand-in's starting point while Redis is away (docs/design.md, "When Redis is away").
+
+``LastKnownState`` keeps the newest picture of each pool that Redis replies gave this worker, builds
+from it the pool hash the stand-in (a private in-process fakeredis running the same scripts) starts
+from, and lists what the stand-in learned that Redis must hear about when it is back. No I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from coordinator.store.codec import PoolCodec
+
+
+class LastKnownState:
+    """What the local stand-in starts from, and what it knows that Redis must hear about."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, dict[str, Any]] = {}
+        self.seeded: set[str] = set()
+
+    def remember(self, pool: str, data: Mapping[str, Any]) -> None:
+        """Keeps the newest picture Redis replies gave: the pointer from any reply, every member's
+        state from an acquire reply, the reported member's cooldown from a failure reply."""
+        if "epoch" not in data or "active" not in data:
+            return
+        last = self._last.setdefault(pool, {"states": {}})
+        last.update(active=data.get("active") or "", server_now=float(data.get("now", 0)),
+                    wall_ms=time.time() * 1000.0)
+        if "valid_until" in data:
+            last["states"] = {item[0]: list(item) for item in data.get("states") or [] if item}
+        member, until = data.get("member"), data.get("until")
+        if "stale" in data and isinstance(member, str) and until:
+            entry = last["states"].get(member) or [member, 0, "", 0, 0, 0, ""]
+            entry[1], entry[2], entry[3] = until, data.get("kind", entry[2]), data.get("failures", 0)
+            last["states"][member] = entry
+
+    def seed(self, codec: PoolCodec) -> dict[str, str]:
+        """The hash the stand-in starts a pool from: a local epoch, the last known pointer and states."""
+        cfg = codec.config
+        ids = [m.id for m in cfg.members]
+        now_ms = int(time.time() * 1000)
+        last = self._last.get(codec.name, {})
+        active = last.get("active") if last.get("active") in ids else ""
+        fields = {
+            "epoch": f"local{os.urandom(6).hex()}",
+            "generation": "0",
+            "version": "0",
+            "created": str(now_ms),
+            "strategy": cfg.strategy,
+            "members": ",".join(ids),
+            "weights": ",".join(str(m.weight) for m in cfg.members),
+            "digest": codec.digest,
+            "active": "" if cfg.strategy == "round_robin" else (active or ids[0]),
+            "exhausted": "0",
+        }
+        # Server deadlines become deadlines of this machine's clock, which the stand-in's TIME reads.
+        shift = last.get("wall_ms", 0.0) - last.get("server_now", 0.0)
+        for item in last.get("states", {}).values():
+            try:
+                member_id, cooling, kind, failures, ejections, parked, reason = item
+            except (TypeError, ValueError):
+                continue
+            if member_id not in ids:
+                continue
+            if cooling and float(cooling) > 0:
+                fields[f"{member_id}:cooling_until"] = str(int(float(cooling) + shift))
+                fields[f"{member_id}:cooling_kind"] = str(kind or "")
+            for name, value in (("failures", failures), ("ejections", ejections)):
+                if value:
+                    fields[f"{member_id}:{name}"] = str(int(value))
+            if parked == -1:
+                fields[f"{member_id}:parked_until"] = "forever"
+            elif parked and float(parked) > 0:
+                fields[f"{member_id}:parked_until"] = str(int(float(parked) + shift))
+            if parked and reason:
+                fields[f"{member_id}:park_reason"] = str(reason)
+        return fields
+
+    @staticmethod
+    def merge_items(fields: Mapping[str, str], now_ms: float) -> list[list[Any]]:
+        """From a stand-in pool hash: every cooldown still running, as [member, remaining ms, kind]. What
+        the worker knew before the outage goes back too: Redis may have come back empty."""
+        items = []
+        for field, value in fields.items():
+            member, _, name = field.rpartition(":")
+            if name == "cooling_until" and value.isdigit() and int(value) > now_ms:
+                items.append([member, int(int(value) - now_ms), fields.get(f"{member}:cooling_kind", "")])
+        return items
+
