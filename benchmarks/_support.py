@@ -162,7 +162,7 @@ def _serve_fast(conn: Any) -> None:
 
 
 def _serve_fake(conn: Any) -> None:
-    from coordinator.testing.upstream import FakeUpstream
+    from coordinator.testing import FakeUpstream
 
     with FakeUpstream({BENCH_KEY: "ok"}) as upstream:
         conn.send(upstream.url)

@@ -1,4 +1,4 @@
-"""Benchmarks of coordinator (issue 6): ``python benchmarks/run.py [--quick]``.
+"""Benchmarks of coordinator : ``python benchmarks/run.py [--quick]``.
 
 Starts its own redis-server(s) and loopback upstreams, measures figures a-e with every compared
 variant interleaved in rounds within one run, prints tables and writes ``benchmarks/RESULTS.md`` and

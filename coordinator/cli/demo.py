@@ -22,7 +22,7 @@ import httpx
 from pydantic import SecretStr
 
 from coordinator import Coordinator, Member, PoolConfig, TransitionEvent
-from coordinator.testing.upstream import FakeUpstream
+from coordinator.testing import FakeUpstream
 
 DEMO_POOL = "openai"
 DEMO_KEYS = ("sk-fake-acct-1", "sk-fake-acct-2", "sk-fake-acct-3")

@@ -134,7 +134,7 @@ def upstream(session: Session) -> int:
     import time as _time
 
     from coordinator.cli.demo import scenario_accounts, start_scenario
-    from coordinator.testing.upstream import FakeUpstream
+    from coordinator.testing import FakeUpstream
 
     args = session.args
     try:

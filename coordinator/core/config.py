@@ -28,7 +28,8 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$"
 _ID_RE = re.compile(ID_PATTERN)
 
 Strategy = Literal["sticky", "priority", "round_robin"]
-#: What ``coord.call`` does with a pool whose members are all cooling or parked (DESIGN 3.6).
+#: What ``coord.call`` does with a pool whose members are all cooling or parked
+#: (docs/design.md, "When every member is unavailable").
 ExhaustedPolicy = Literal["wait", "fail", "degraded"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -115,7 +116,7 @@ class Member(_Model):
 
 
 class CooldownPolicy(_Model):
-    """Base cooldown per failure kind, clamp, escalation (DESIGN 3.2)."""
+    """Base cooldown per failure kind, clamp, escalation (docs/design.md, "Cooldown length")."""
 
     rate_limited: Duration = 60.0
     quota_exhausted: Duration = 1800.0
@@ -150,7 +151,7 @@ class PoolConfig(_Model):
     #: Header the transport puts a member's secret in: "authorization" sends "Bearer <secret>"
     #: (OpenAI and most others); any other name gets the bare secret ("x-api-key" for Anthropic).
     auth_header: str = Field(default="authorization", pattern=r"^[A-Za-z0-9-]{1,64}$")
-    # -- the failover executor (DESIGN 3.6, 3.7) --
+    # -- the failover executor (docs/design.md, "The call plan") --
     #: Tries of one member on transient errors within one call before moving on (1 = no retry).
     attempts_per_member: int = Field(default=3, ge=1, le=100)
     #: Full-jitter backoff between those tries: uniform in [0, min(cap, base * 2**(retry-1))).

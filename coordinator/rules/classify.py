@@ -1,4 +1,4 @@
-"""What a failed request means for the member that served it (DESIGN 3.1). Pure, no I/O.
+"""What a failed request means for the member that served it (docs/design.md, "Failure kinds"). Pure, no I/O.
 
 ``classify`` reads httpx responses and exceptions, the exceptions of the ``openai`` and ``anthropic``
 SDKs and the error bodies of both APIs. The SDKs are never imported: their exceptions are recognised

@@ -15,8 +15,8 @@ from pathlib import Path
 SCRIPT_NAMES = ("acquire", "report_failure", "report_success", "park", "unpark", "rotate", "snapshot", "reset",
                 "merge")
 LIBRARY = ("lib/state.lua", "lib/rules.lua", "lib/commit.lua")
-#: How Redis (``user_script:12:``) and fakeredis (``[string "..."]:12:``) name a line of a script.
-_LINE_REF = re.compile(r"(?:user_script|\[string \"[^\"]*\"\]):(\d+):")
+#: How Redis (``user_script:12:``, ``@user_script:12.``) and fakeredis (``[string "..."]:12:``) name a line.
+_LINE_REF = re.compile(r"(?:@?user_script|\[string \"[^\"]*\"\]):(\d+)(?=[:.])")
 
 
 def _lua_dir() -> Path:
@@ -54,4 +54,4 @@ def locate(name: str, line: int) -> str:
 
 def name_lines(name: str, message: str) -> str:
     """``message`` with every script line reference Redis made replaced by ``lua/<file>:<line>``."""
-    return _LINE_REF.sub(lambda m: f"{locate(name, int(m.group(1)))}:", message)
+    return _LINE_REF.sub(lambda m: locate(name, int(m.group(1))), message)

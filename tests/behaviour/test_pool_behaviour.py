@@ -1,4 +1,5 @@
-"""The pool state machine's behaviour (DESIGN 3.2-3.6), run on real Redis and memory://, sync and async."""
+"""The pool state machine's behaviour (docs/design.md, "Cooldown length" to "When every member is
+unavailable"), run on real Redis and memory://, sync and async."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Stateful property test: the Lua state machine and a small pure-Python reference model, side by side.
 
-The model is written from DESIGN 3.2-3.6, not from the Lua. Each step applies the same operation to
+The model is written from docs/design.md ("Cooldown length" to "When every member is unavailable"), not from
+the Lua. Each step applies the same operation to
 both, at the server time the script reports (``result.now``), and after every step the stored state
 must agree field by field. Runs on real Redis and on memory://.
 """

@@ -17,7 +17,7 @@ import pytest
 
 import coordinator as co
 from coordinator.store.connect import connect
-from coordinator.testing.upstream import FakeUpstream
+from coordinator.testing import FakeUpstream
 
 # The newest SDKs are built on httpx2 (an API-compatible fork) and only accept its clients; older
 # ones take httpx clients. The transport serves both.

@@ -1,4 +1,5 @@
-"""The worker's local view (issue 6): zero round trips on the happy path, dropped by change notices,
+"""The worker's local view (docs/design.md, "The local view"): zero round trips on the happy path,
+dropped by change notices,
 bounded by staleness, and harmless when a notice is missed. No timing assertions: time is injected
 where it matters, and waits are for conditions, bounded."""
 

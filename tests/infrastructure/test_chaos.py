@@ -1,4 +1,5 @@
-"""Chaos (issue 7.2): worker processes call a fake upstream through the transport while Redis is
+"""Chaos (docs/design.md, "When Redis is away"): worker processes call a fake upstream through the
+transport while Redis is
 killed and restarted empty, loses its script cache, drops every client and is paused past the
 timeouts. No caller may see an error while a healthy member exists; afterwards every pool has one
 active member, every epoch's events step one generation at a time, and no acknowledged park made
@@ -19,7 +20,7 @@ import redis
 from conftest import RedisServer
 
 import coordinator as co
-from coordinator.testing.upstream import FakeUpstream
+from coordinator.testing import FakeUpstream
 
 WORKERS = 8
 KEYS = ["sk-chaos-1", "sk-chaos-2", "sk-chaos-3", "sk-chaos-4"]

@@ -1,4 +1,4 @@
-"""Redis outages (issue 7.1): the coordinator is never the reason a call fails.
+"""Redis outages (docs/design.md, "When Redis is away"): the coordinator is never the reason a call fails.
 
 Each test runs its own redis-server so it can kill, pause and restart it."""
 

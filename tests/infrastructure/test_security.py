@@ -1,4 +1,4 @@
-"""Least privilege and transport security (issue 7, item 5), on redis-servers this module starts.
+"""Least privilege and transport security (docs/security.md), on redis-servers this module starts.
 
 - TLS: ``rediss://`` verified against a throwaway CA made here with the ``openssl`` CLI; clients that
   trust another CA (or only the system store), a certificate for another host name, a missing client

@@ -1,4 +1,4 @@
-"""Sentinel (issue 7.3): a master, a replica and a sentinel on loopback; a forced failover while
+"""Sentinel: a master, a replica and a sentinel on loopback; a forced failover while
 workers keep serving. No caller error, and the state lives on in the promoted master."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hostile and broken input (issue 7, item 4).
+"""Hostile and broken input .
 
 - Config: any value given to ``Config.model_validate``, any file given to ``load_config``, ends in a
   config or in pydantic's ``ValidationError`` / ``co.ConfigError``, never in another exception.
