@@ -46,3 +46,12 @@ def wait_until_available(pool: Any, member_id: str, timeout: float = 5.0) -> Non
 
 def event_types(pool: Any) -> list[str]:
     return [e.type for e in pool.events(limit=1000)]
+
+
+def wait_for(condition: Any, message: str = "condition not met in time", timeout: float = 10.0) -> None:
+    """Polls ``condition`` until it is true; fails with ``message`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(message)
+        time.sleep(0.005)

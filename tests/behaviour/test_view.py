@@ -13,7 +13,7 @@ import uuid
 import pytest
 import redis
 from conftest import RedisServer
-from helpers import event_types
+from helpers import event_types, pool_config, wait_for
 
 import coordinator as co
 from coordinator.core.config import Member
@@ -133,22 +133,10 @@ def test_a_notice_without_a_decision_only_drops():
 # -- against real stores ------------------------------------------------------------------------------
 
 
-def cfg(**kwargs):
-    return co.PoolConfig(name="p", members=[co.Member(id=f"k{i}") for i in range(3)], **kwargs)
-
-
-def wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
-
-
 def test_happy_path_costs_zero_round_trips():
     server = RedisServer()
     try:
-        coord = co.Coordinator(server.url, [cfg()], staleness=30)
+        coord = co.Coordinator(server.url, [pool_config()], staleness=30)
         pool = coord.pool("p")
         pool.report_success(pool.acquire())
         wait_for(lambda: coord._listener is not None and coord._listener.state.subscribed.is_set())
@@ -172,8 +160,8 @@ def url(request):
 
 def test_change_notice_moves_a_worker_before_its_staleness_runs_out(url):
     prefix = f"v{uuid.uuid4().hex[:8]}"
-    writer = co.Coordinator(url, [cfg()], prefix=prefix, staleness=0)
-    reader = co.Coordinator(url, [cfg()], prefix=prefix, staleness=60)
+    writer = co.Coordinator(url, [pool_config()], prefix=prefix, staleness=0)
+    reader = co.Coordinator(url, [pool_config()], prefix=prefix, staleness=60)
     reader_pool = reader.pool("p")
     assert reader_pool.acquire().member.id == "k0"
     wait_for(lambda: reader._listener.state.subscribed.is_set())
@@ -187,8 +175,8 @@ def test_change_notice_moves_a_worker_before_its_staleness_runs_out(url):
 
 def test_missed_notice_costs_one_request_and_no_duplicate_event(url):
     prefix = f"v{uuid.uuid4().hex[:8]}"
-    writer = co.Coordinator(url, [cfg()], prefix=prefix, staleness=0)
-    reader = co.Coordinator(url, [cfg()], prefix=prefix, staleness=60)
+    writer = co.Coordinator(url, [pool_config()], prefix=prefix, staleness=0)
+    reader = co.Coordinator(url, [pool_config()], prefix=prefix, staleness=60)
     pool = reader.pool("p")
     pool.acquire()
     wait_for(lambda: reader._listener.state.subscribed.is_set())
@@ -209,8 +197,8 @@ def test_async_coordinator_uses_the_view_and_notices(url):
     prefix = f"v{uuid.uuid4().hex[:8]}"
 
     async def main():
-        writer = co.AsyncCoordinator(url, [cfg()], prefix=prefix, staleness=0)
-        reader = co.AsyncCoordinator(url, [cfg()], prefix=prefix, staleness=60)
+        writer = co.AsyncCoordinator(url, [pool_config()], prefix=prefix, staleness=0)
+        reader = co.AsyncCoordinator(url, [pool_config()], prefix=prefix, staleness=60)
         pool = reader.pool("p")
         assert (await pool.acquire()).member.id == "k0"
         deadline = time.monotonic() + 10
@@ -233,7 +221,7 @@ def test_lost_subscription_is_logged_once_and_recovers(caplog):
     caplog.set_level(logging.INFO, logger="coordinator")
     server = RedisServer()
     try:
-        coord = co.Coordinator(server.url, [cfg()], staleness=30)
+        coord = co.Coordinator(server.url, [pool_config()], staleness=30)
         pool = coord.pool("p")
         pool.acquire()
         wait_for(lambda: coord._listener.state.subscribed.is_set())

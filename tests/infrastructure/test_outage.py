@@ -13,12 +13,9 @@ import time
 import pytest
 import redis
 from conftest import RedisServer
+from helpers import pool_config
 
 import coordinator as co
-
-
-def cfg(n: int = 3) -> co.PoolConfig:
-    return co.PoolConfig(name="p", members=[co.Member(id=f"k{i}") for i in range(n)])
 
 
 @pytest.fixture
@@ -32,7 +29,7 @@ def server():
 
 def test_calls_keep_working_while_redis_is_down_and_merge_back(server, caplog):
     caplog.set_level(logging.INFO, logger="coordinator")
-    coord = co.Coordinator(server.url, [cfg()], staleness=0, probe_interval=0.2)
+    coord = co.Coordinator(server.url, [pool_config()], staleness=0, probe_interval=0.2)
     pool = coord.pool("p")
     pool.report_failure(pool.acquire(), "rate_limited", retry_after=600)  # k0 cools in Redis
     assert pool.acquire().member.id == "k1"
@@ -65,7 +62,7 @@ def test_calls_keep_working_while_redis_is_down_and_merge_back(server, caplog):
 
 
 def test_a_down_redis_costs_one_timeout_per_probe_interval(server, monkeypatch):
-    coord = co.Coordinator(server.url, [cfg()], staleness=0, probe_interval=60)
+    coord = co.Coordinator(server.url, [pool_config()], staleness=0, probe_interval=60)
     pool = coord.pool("p")
     pool.acquire()
     server.stop()
@@ -85,7 +82,7 @@ def test_a_down_redis_costs_one_timeout_per_probe_interval(server, monkeypatch):
 
 
 def test_a_paused_server_times_out_fast_and_recovers(server):
-    coord = co.Coordinator(server.url, [cfg()], staleness=0, probe_interval=0.2, timeout=0.1)
+    coord = co.Coordinator(server.url, [pool_config()], staleness=0, probe_interval=0.2, timeout=0.1)
     pool = coord.pool("p")
     pool.acquire()
     os.kill(server.proc.pid, signal.SIGSTOP)
@@ -106,7 +103,7 @@ def test_a_paused_server_times_out_fast_and_recovers(server):
 
 def test_async_coordinator_survives_an_outage(server):
     async def main():
-        coord = co.AsyncCoordinator(server.url, [cfg()], staleness=0, probe_interval=0.2)
+        coord = co.AsyncCoordinator(server.url, [pool_config()], staleness=0, probe_interval=0.2)
         pool = coord.pool("p")
         await pool.report_failure(await pool.acquire(), "quota_exhausted")
         server.stop()
@@ -128,7 +125,7 @@ def test_async_coordinator_survives_an_outage(server):
 
 
 def test_without_local_fallback_the_error_is_raised(server):
-    coord = co.Coordinator(server.url, [cfg()], staleness=0, local_fallback=False)
+    coord = co.Coordinator(server.url, [pool_config()], staleness=0, local_fallback=False)
     pool = coord.pool("p")
     pool.acquire()
     server.stop()

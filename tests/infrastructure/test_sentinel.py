@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis
 from conftest import RedisServer, free_port
+from helpers import wait_for
 
 import coordinator as co
 
@@ -31,7 +32,10 @@ class Sentinel:
         self.proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.client = redis.Redis(port=self.port, decode_responses=True, socket_timeout=2)
-        wait(lambda: self._ping(), "sentinel did not start")
+        wait_for(
+            lambda: self._ping(),
+            "sentinel did not start", timeout=20.0,
+        )
 
     def _ping(self) -> bool:
         try:
@@ -49,20 +53,15 @@ class Sentinel:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def wait(condition, message: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        time.sleep(0.05)
-
-
 def test_forced_failover_while_workers_serve():
     master = RedisServer()
     replica = RedisServer("--replicaof", "127.0.0.1", str(master.port))
     sentinel = Sentinel(master.port)
     try:
-        wait(lambda: sentinel.client.execute_command("SENTINEL", "REPLICAS", "mymaster"), "sentinel sees no replica")
+        wait_for(
+            lambda: sentinel.client.execute_command("SENTINEL", "REPLICAS", "mymaster"),
+            "sentinel sees no replica", timeout=20.0,
+        )
         url = f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster"
         cfg = co.PoolConfig(name="s", members=[co.Member(id=f"k{i}") for i in range(3)])
         prefix = f"sen{uuid.uuid4().hex[:6]}"
@@ -70,7 +69,10 @@ def test_forced_failover_while_workers_serve():
         pool = coord.pool("s")
         pool.report_failure(pool.acquire(), "quota_exhausted")
         before = pool.snapshot()
-        wait(lambda: redis.Redis(port=replica.port).hget(f"{prefix}:{{s}}", "active") == b"k1", "not replicated")
+        wait_for(
+            lambda: redis.Redis(port=replica.port).hget(f"{prefix}:{{s}}", "active") == b"k1",
+            "not replicated", timeout=20.0,
+        )
 
         stop = threading.Event()
         counts = {"calls": 0, "errors": 0}
@@ -87,9 +89,15 @@ def test_forced_failover_while_workers_serve():
         for w in workers:
             w.start()
         sentinel.client.execute_command("SENTINEL", "FAILOVER", "mymaster")
-        wait(lambda: sentinel.master_port() == replica.port, "the replica was not promoted")
+        wait_for(
+            lambda: sentinel.master_port() == replica.port,
+            "the replica was not promoted", timeout=20.0,
+        )
         calls_at_failover = counts["calls"]
-        wait(lambda: counts["calls"] > calls_at_failover + 200, "workers stopped serving after the failover")
+        wait_for(
+            lambda: counts["calls"] > calls_at_failover + 200,
+            "workers stopped serving after the failover", timeout=20.0,
+        )
         stop.set()
         for w in workers:
             w.join(timeout=10)
@@ -99,7 +107,10 @@ def test_forced_failover_while_workers_serve():
         assert after.member("k0").cooling_until is not None
         # Once the old master has become a replica, writes land on the promoted one. (Before that,
         # Sentinel's asynchronous replication may lose a write: a property of Sentinel, not ours.)
-        wait(lambda: redis.Redis(port=master.port).execute_command("ROLE")[0] == b"slave", "old master not demoted")
+        wait_for(
+            lambda: redis.Redis(port=master.port).execute_command("ROLE")[0] == b"slave",
+            "old master not demoted", timeout=20.0,
+        )
         deadline = time.monotonic() + 10
         while True:  # an operator retries: the first write meets the demoted master and is refused
             try:
