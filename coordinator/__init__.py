@@ -28,7 +28,7 @@ from ._errors import (
     UnknownPoolError,
 )
 from ._hints import preemptive_cooldown, rate_limit_hint
-from ._hooks import AttemptEvent, Hook, HookEvent, LoggingHook, TransitionEvent
+from ._hooks import AttemptEvent, CallEvent, Hook, HookEvent, LoggingHook, TransitionEvent
 from ._keys import KeySchema
 from ._pool import AsyncPool, Pool
 from ._transport import POOLS_HEADER, FailoverTransport
@@ -48,6 +48,7 @@ __all__ = [
     "AsyncCoordinator",
     "AsyncPool",
     "AttemptEvent",
+    "CallEvent",
     "Cause",
     "Classifier",
     "Config",

@@ -37,7 +37,7 @@ from ._classify import Classifier, Failure, classify_with, is_error_response, is
 from ._config import Member, PoolConfig
 from ._errors import AllMembersFailedError, Cause, PoolExhaustedError
 from ._hints import preemptive_cooldown
-from ._hooks import AttemptEvent, Hook, HookEvent, NextStep, TransitionEvent, TransitionSource, dispatch
+from ._hooks import AttemptEvent, CallTrace, Hook, HookEvent, NextStep, TransitionEvent, TransitionSource, dispatch
 from ._types import FailureResult, Selection, Snapshot, SuccessResult
 
 _log = logging.getLogger("coordinator")
@@ -669,6 +669,9 @@ def run_sync(
     sleep: Callable[[float], object],
 ) -> Any:
     """Carries out a plan with blocking calls. ``pools`` maps pool names to ``Pool`` objects."""
+    trace = CallTrace(hooks, [pool.name for pool in plan.pools], plan.clock)
+    trace.start()
+    error: BaseException | None = None
     try:
         action = plan.start()
         while True:
@@ -683,7 +686,9 @@ def run_sync(
                 except Exception as exc:
                     outcome = Outcome(error=exc)
             elif isinstance(action, Attempt):
-                outcome = _attempt_sync(fn, action.selection.member, plan.clock)
+                member = action.selection.member
+                trace.attempt(action.selection.pool, member.id, member.model, action.attempt)
+                outcome = _attempt_sync(fn, member, plan.clock)
             else:
                 if isinstance(action, Sleep):
                     sleep(action.seconds)
@@ -693,8 +698,12 @@ def run_sync(
                     _close_quietly(action.value)
                 outcome = _NOTHING
             action = plan.send(outcome)
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         plan.close()
+        trace.end(error)
 
 
 async def run_async(
@@ -706,6 +715,9 @@ async def run_async(
     sleep: Callable[[float], Awaitable[object] | object],
 ) -> Any:
     """Carries out a plan on asyncio. ``pools`` maps pool names to ``AsyncPool`` objects."""
+    trace = CallTrace(hooks, [pool.name for pool in plan.pools], plan.clock)
+    trace.start()
+    error: BaseException | None = None
     try:
         action = plan.start()
         while True:
@@ -720,7 +732,9 @@ async def run_async(
                 except Exception as exc:
                     outcome = Outcome(error=exc)
             elif isinstance(action, Attempt):
-                outcome = await _attempt_async(fn, action.selection.member, plan.clock)
+                member = action.selection.member
+                trace.attempt(action.selection.pool, member.id, member.model, action.attempt)
+                outcome = await _attempt_async(fn, member, plan.clock)
             else:
                 if isinstance(action, Sleep):
                     slept = sleep(action.seconds)
@@ -732,5 +746,9 @@ async def run_async(
                     await _aclose_quietly(action.value)
                 outcome = _NOTHING
             action = plan.send(outcome)
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         plan.close()
+        trace.end(error)
