@@ -1,5 +1,7 @@
 """coordinator: fleet-wide failover for LLM credentials and models, with its state in Redis."""
 
+from typing import TYPE_CHECKING, Any
+
 from ._backoff import RandomSource
 from ._classify import Classifier, Failure, classify
 from ._config import (
@@ -43,6 +45,10 @@ from ._types import (
     SuccessResult,
 )
 
+if TYPE_CHECKING:
+    from .observe.otel import OpenTelemetryHook
+    from .observe.prometheus import PrometheusHook
+
 __all__ = [
     "AllMembersFailedError",
     "AsyncCoordinator",
@@ -69,11 +75,13 @@ __all__ = [
     "LoggingHook",
     "Member",
     "MemberState",
+    "OpenTelemetryHook",
     "POOLS_HEADER",
     "ParkResult",
     "Pool",
     "PoolConfig",
     "PoolExhaustedError",
+    "PrometheusHook",
     "RandomSource",
     "RedisConfig",
     "Result",
@@ -92,3 +100,25 @@ __all__ = [
     "preemptive_cooldown",
     "rate_limit_hint",
 ]
+
+# Hooks for optional extras, imported on first use so that `import coordinator` never imports
+# prometheus_client or opentelemetry: name -> (module, extra that provides its dependency).
+_OPTIONAL = {
+    "PrometheusHook": ("coordinator.observe.prometheus", "prometheus"),
+    "OpenTelemetryHook": ("coordinator.observe.otel", "otel"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _OPTIONAL:
+        raise AttributeError(f"module 'coordinator' has no attribute {name!r}")
+    import importlib
+
+    module, extra = _OPTIONAL[name]
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise ImportError(f"coordinator.{name} needs an optional dependency: pip install 'coordinator[{extra}]' "
+                          f"({exc})") from exc
+    globals()[name] = found
+    return found
