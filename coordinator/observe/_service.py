@@ -1,0 +1,38 @@
+"""What the two long-running commands (``alerts``, ``metrics``) share: their Redis client and their stop."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+
+import redis
+from redis.exceptions import RedisClusterException
+
+import coordinator as co
+
+#: Errors of a Redis that is away for a while; a running service waits them out instead of exiting.
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterException, OSError)
+
+
+def fleet_coordinator(config: co.Config, url: str, timeout: float) -> co.Coordinator:
+    """A coordinator on the fleet's Redis that always reads Redis (no local view, no stand-in)."""
+    if url.startswith("memory:"):
+        raise co.ConfigError(f"{url} keeps state inside one process: this command needs the fleet's Redis "
+                             "(--redis URL)")
+    if not config.pools:
+        raise co.ConfigError("the config defines no pools")
+    return co.Coordinator(url, list(config.pools.values()), prefix=config.redis.prefix, timeout=timeout,
+                          staleness=0, local_fallback=False)
+
+
+def stop_on_sigterm(stop: threading.Event) -> Callable[[], None]:
+    """Makes SIGTERM set ``stop`` (when called from the main thread); returns what restores the handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
