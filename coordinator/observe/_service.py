@@ -16,14 +16,15 @@ REDIS_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, RedisClusterExcep
 
 
 def fleet_coordinator(config: co.Config, url: str, timeout: float) -> co.Coordinator:
-    """A coordinator on the fleet's Redis that always reads Redis (no local view, no stand-in)."""
+    """A coordinator on the fleet's Redis that always reads Redis: no local view, no stand-in, and no
+    breaker pause after an outage (a scrape or a read right after Redis is back must see it)."""
     if url.startswith("memory:"):
         raise co.ConfigError(f"{url} keeps state inside one process: this command needs the fleet's Redis "
                              "(--redis URL)")
     if not config.pools:
         raise co.ConfigError("the config defines no pools")
     return co.Coordinator(url, list(config.pools.values()), prefix=config.redis.prefix, timeout=timeout,
-                          staleness=0, local_fallback=False)
+                          staleness=0, local_fallback=False, probe_interval=0.0)
 
 
 def stop_on_sigterm(stop: threading.Event) -> Callable[[], None]:
