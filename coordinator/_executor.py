@@ -669,7 +669,7 @@ def run_sync(
     sleep: Callable[[float], object],
 ) -> Any:
     """Carries out a plan with blocking calls. ``pools`` maps pool names to ``Pool`` objects."""
-    trace = CallTrace(hooks, [pool.name for pool in plan.pools], plan.clock)
+    trace = CallTrace(hooks, plan.pools, plan.clock)
     trace.start()
     error: BaseException | None = None
     try:
@@ -715,7 +715,7 @@ async def run_async(
     sleep: Callable[[float], Awaitable[object] | object],
 ) -> Any:
     """Carries out a plan on asyncio. ``pools`` maps pool names to ``AsyncPool`` objects."""
-    trace = CallTrace(hooks, [pool.name for pool in plan.pools], plan.clock)
+    trace = CallTrace(hooks, plan.pools, plan.clock)
     trace.start()
     error: BaseException | None = None
     try:

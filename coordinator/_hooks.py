@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, Protocol
 
-from ._config import FailureKind
+from ._config import FailureKind, PoolConfig
 
 #: What the executor does after an attempt.
 NextStep = Literal["return", "retry", "next_member", "next_pool", "raise"]
@@ -129,9 +129,9 @@ def dispatch(hooks: Iterable[Hook], event: HookEvent | CallEvent) -> None:
 class CallTrace:
     """Sends one call's ``CallEvent``s to the hooks that asked for them; costs nothing when none did."""
 
-    def __init__(self, hooks: Sequence[Hook], pools: Sequence[str], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, hooks: Sequence[Hook], pools: Sequence[PoolConfig], clock: Callable[[], float] = time.monotonic):
         self._hooks = [hook for hook in hooks if getattr(hook, "call_events", False) is True]
-        self._pools = tuple(pools)
+        self._pools = tuple(pool.name for pool in pools) if self._hooks else ()
         self._clock = clock
         self._started = 0.0
         self._number = 0
