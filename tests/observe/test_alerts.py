@@ -221,3 +221,49 @@ def test_on_cluster_each_pool_stream_has_its_own_group(redis_cluster_url: str, t
             r.close()
         server.stop()
     assert all(n == 1 for n in server.keys().values())
+
+
+def test_a_webhook_slower_than_claim_after_is_not_taken_for_a_dead_replica(setup: Any) -> None:
+    """Each POST takes 2.5 s, claim-after is 1 s: the replica sending keeps its entry claimed, so the
+    other replica never takes it over and nothing is sent twice."""
+    _path, config, coord = setup
+    server = WebhookServer(delay=2.5)
+    replicas = [Running(config, config.redis.url, AlertOptions(webhook=server.url(), consumer=f"s{i}",
+                                                               claim_after=1.0)) for i in range(2)]
+    try:
+        for member in ("a2", "a3"):
+            coord.pool("alpha").park(member, reason="slow")
+        wait_for(lambda: len(server.delivered()) == 3, 30, "three slow deliveries")
+    finally:
+        for r in replicas:
+            r.close()
+        server.stop()
+    assert all(n == 1 for n in server.keys().values()) and len(server.keys()) == 3
+    assert not any(r.records("claimed") for r in replicas)
+
+
+def test_a_redis_outage_is_waited_out_and_an_emptied_redis_is_followed(tmp_path: Path) -> None:
+    from coordinator.testing import RedisServer
+
+    with RedisServer() as redis_server:
+        path = tmp_path / "coordinator.toml"
+        path.write_text(CONFIG.format(url=redis_server.url, prefix="own"))
+        config = co.load_config(path)
+        server = WebhookServer()
+        replica = Running(config, redis_server.url, AlertOptions(webhook=server.url()))
+        try:
+            with co.Coordinator.from_config(config, staleness=0) as coord:
+                coord.pool("beta").park("b2")
+            wait_for(lambda: len(server.delivered()) == 2, 20, "created and parked")
+            redis_server.stop()
+            wait_for(lambda: replica.records("redis_error"), 20, "the replica to notice")
+            redis_server.start()  # empty: the stream and its group are gone
+            with co.Coordinator.from_config(config, staleness=0) as coord:
+                coord.pool("beta").park("b1", reason="after the restart")
+            wait_for(lambda: len(server.delivered()) == 4, 30, "the events written after the restart")
+        finally:
+            assert replica.close() == 0
+            server.stop()
+    bodies = [p.body for p in server.delivered()]
+    assert [b["type"] for b in bodies] == ["created", "parked", "created", "parked"]
+    assert bodies[3]["reason"] == "after the restart" and bodies[0]["epoch"] != bodies[2]["epoch"]
