@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.exceptions import RedisClusterException
@@ -37,3 +38,19 @@ def stop_on_sigterm(stop: threading.Event) -> Callable[[], None]:
         signal.signal(signal.SIGTERM, previous)
 
     return restore
+
+
+def redis_scrubber(url: str) -> Callable[[str], str]:
+    """Removes the Redis URL's password from a text (an error message) before it is printed."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    secrets = sorted({password, unquote(password)} if password else set(), key=len, reverse=True)
+
+    def scrub(text: str) -> str:
+        for secret in secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    return scrub

@@ -40,7 +40,7 @@ import redis
 
 import coordinator as co
 
-from ._service import REDIS_ERRORS, fleet_coordinator, stop_on_sigterm
+from ._service import REDIS_ERRORS, fleet_coordinator, redis_scrubber, stop_on_sigterm
 from .webhook import FORMATS, Delivery, Format, Webhook, decode_event, full_jitter, idempotency_key, iso
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._:@+-]{1,128}$")
@@ -113,8 +113,9 @@ class AlertConsumer:
     """One replica: a thread per pool stream, plus one that keeps its in-flight entries claimed."""
 
     def __init__(self, client: Any, keys: co.KeySchema, pools: Sequence[str], options: AlertOptions,
-                 webhook: Webhook, report: Report) -> None:
+                 webhook: Webhook, report: Report, scrub: Callable[[str], str] = lambda text: text) -> None:
         self.client = client
+        self._scrub = scrub
         self.keys = keys
         self.pools = list(pools)
         self.options = options
@@ -192,6 +193,10 @@ class AlertConsumer:
             except REDIS_ERRORS as exc:
                 failures += 1
                 self._redis_trouble(pool, exc, failures)
+            except Exception as exc:
+                # A bug must not silently end this pool's alerts while the process looks alive.
+                failures += 1
+                self._redis_trouble(pool, exc, failures, kind="error")
 
     def _recreate(self, pool: str, stream: str) -> None:
         try:
@@ -200,10 +205,10 @@ class AlertConsumer:
         except REDIS_ERRORS as exc:
             self._redis_trouble(pool, exc, 1)
 
-    def _redis_trouble(self, pool: str, exc: Exception, failures: int) -> None:
+    def _redis_trouble(self, pool: str, exc: Exception, failures: int, kind: str = "redis_error") -> None:
         wait = full_jitter(failures, 0.2, 5.0) + 0.05
-        self.report({"event": "redis_error", "pool": pool, "error": f"{type(exc).__name__}: {exc}"[:300],
-                     "retry_in_s": round(wait, 3)})
+        error = self._scrub(self.webhook.scrub(f"{type(exc).__name__}: {exc}"))[:300]
+        self.report({"event": kind, "pool": pool, "error": error, "retry_in_s": round(wait, 3)})
         self.stop.wait(wait)
 
     def _claim_stale(self, pool: str, stream: str) -> list[tuple[str, dict[str, str] | None]]:
@@ -300,8 +305,8 @@ class AlertConsumer:
                         # Claiming it to itself resets its idle time: no other replica takes it over.
                         self.client.xclaim(stream, opts.group, opts.consumer, 0, [entry_id], justid=True)
                         continue
-                except REDIS_ERRORS:
-                    continue  # Redis is away: no other replica can take it over either
+                except Exception:
+                    continue  # Redis is away (no other replica can take it over either), or worse: try again
                 with self._lock:
                     if (stream, entry_id) in self._in_flight:
                         self._in_flight[(stream, entry_id)] = True
@@ -341,6 +346,8 @@ def describe(r: dict[str, Any]) -> str:
         return f"{r['pool']} {r['id']} was taken over by another replica, which delivers it"
     if kind == "redis_error":
         return f"Redis error on {r['pool']}: {r['error']}; retrying in {r['retry_in_s']:.1f}s"
+    if kind == "error":
+        return f"unexpected error on {r['pool']}: {r['error']}; retrying in {r['retry_in_s']:.1f}s"
     if kind == "group_created":
         return f"stream of {r['pool']} was re-created: group {r['group']} re-created at its beginning"
     if kind == "skipped":
@@ -361,7 +368,7 @@ def run_alerts(config: co.Config, url: str, options: AlertOptions, *, json_lines
     holder: list[AlertConsumer] = []
     webhook = Webhook(options.webhook, options.format, timeout=options.timeout, retry_base=options.retry_base,
                       retry_max=options.retry_max, on_retry=lambda *a: holder[0].on_retry(*a))
-    consumer = AlertConsumer(coord.client, coord.keys, coord.pool_names, options, webhook, report)
+    consumer = AlertConsumer(coord.client, coord.keys, coord.pool_names, options, webhook, report, redis_scrubber(url))
     holder.append(consumer)
     if stop is not None:
         consumer.stop = stop

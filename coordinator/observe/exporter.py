@@ -29,7 +29,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 import coordinator as co
 
-from ._service import REDIS_ERRORS, fleet_coordinator, stop_on_sigterm
+from ._service import REDIS_ERRORS, fleet_coordinator, redis_scrubber, stop_on_sigterm
 
 STATES = ("active", "ready", "cooling", "parked")
 UNAVAILABLE: tuple[type[Exception], ...] = (co.StoreError, *REDIS_ERRORS)
@@ -49,6 +49,7 @@ class FleetCollector(Collector):
 
     def __init__(self, coordinator: co.Coordinator) -> None:
         self.coordinator = coordinator
+        self._scrub = redis_scrubber(coordinator.url)
 
     def collect(self) -> Iterable[Metric]:
         state = GaugeMetricFamily("coordinator_member_state",
@@ -69,11 +70,11 @@ class FleetCollector(Collector):
             try:
                 snap = self.coordinator.pool(name).snapshot()
             except co.CorruptStateError as exc:
-                _log.warning("coordinator metrics: pool %s: %s", name, exc)
+                _log.warning("coordinator metrics: pool %s: %s", name, self._scrub(str(exc)))
                 pool_up.add_metric([name], 0)
                 continue
             except UNAVAILABLE as exc:
-                _log.warning("coordinator metrics: Redis did not answer: %s", exc)
+                _log.warning("coordinator metrics: Redis did not answer: %s", self._scrub(str(exc)))
                 up = 0
                 break
             pool_up.add_metric([name], 1)

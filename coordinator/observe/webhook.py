@@ -225,7 +225,8 @@ class Webhook:
         self.fmt = fmt
         self.retry_base = retry_base
         self.retry_max = retry_max
-        self._scrub = scrubber(url)
+        #: Removes the URL's parts from a text before it is printed.
+        self.scrub = scrubber(url)
         self._on_retry = on_retry
         # No redirects: a 3xx is an answer to fix, and following it could carry the alert elsewhere.
         self._client = httpx.Client(timeout=timeout, follow_redirects=False, transport=transport,
@@ -246,7 +247,7 @@ class Webhook:
                 response = self._client.post(self.url, content=content, headers=headers)
                 response.close()
             except httpx.HTTPError as exc:
-                problem = self._scrub(f"{type(exc).__name__}: {exc}".rstrip(": ")[:300])
+                problem = self.scrub(f"{type(exc).__name__}: {exc}".rstrip(": ")[:300])
             else:
                 if 200 <= response.status_code < 300:
                     return Delivery("delivered", tries, response.status_code, time.monotonic() - started)
