@@ -1,4 +1,5 @@
-# One image for every coordinator service of compose.yaml: the package with its CLI extra (rich).
+# One image for every coordinator service of compose.yaml: the package with its CLI extra (rich) and
+# prometheus_client for the metrics exporter.
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -11,7 +12,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY lua ./lua
 COPY coordinator ./coordinator
-RUN pip install '.[cli]' \
+RUN pip install '.[cli,prometheus]' \
     && useradd --create-home --uid 10001 coordinator
 
 # /app holds the mounted coordinator.toml, the CLI's default config path; no source tree here, so

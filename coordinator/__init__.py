@@ -2,8 +2,10 @@
 
 The public API is what ``__all__`` lists; everything else is private. Layers, bottom up (each folder
 imports only the ones below it; docs/design.md, "Layers"): ``core``, ``rules``, ``store``,
-``transport``, ``drivers``, then ``cli`` and ``testing``.
+``transport``, ``drivers``, then ``observe``, ``testing`` and ``cli``.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from coordinator.core.config import (
     Config,
@@ -46,15 +48,20 @@ from coordinator.drivers._sync.pool import Pool
 from coordinator.rules.backoff import RandomSource
 from coordinator.rules.classify import Classifier, classify
 from coordinator.rules.hints import preemptive_cooldown, rate_limit_hint
-from coordinator.rules.hooks import AttemptEvent, Hook, HookEvent, LoggingHook, TransitionEvent
+from coordinator.rules.hooks import AttemptEvent, CallEvent, Hook, HookEvent, LoggingHook, TransitionEvent
 from coordinator.store.schema import KeySchema
 from coordinator.transport.failover import POOLS_HEADER, FailoverTransport
+
+if TYPE_CHECKING:
+    from coordinator.observe.otel import OpenTelemetryHook
+    from coordinator.observe.prometheus import PrometheusHook
 
 __all__ = [
     "AllMembersFailedError",
     "AsyncCoordinator",
     "AsyncPool",
     "AttemptEvent",
+    "CallEvent",
     "Cause",
     "Classifier",
     "Config",
@@ -75,11 +82,13 @@ __all__ = [
     "LoggingHook",
     "Member",
     "MemberState",
+    "OpenTelemetryHook",
     "POOLS_HEADER",
     "ParkResult",
     "Pool",
     "PoolConfig",
     "PoolExhaustedError",
+    "PrometheusHook",
     "RandomSource",
     "RedisConfig",
     "Result",
@@ -98,3 +107,25 @@ __all__ = [
     "preemptive_cooldown",
     "rate_limit_hint",
 ]
+
+# Hooks for optional extras, imported on first use so that `import coordinator` never imports
+# prometheus_client or opentelemetry: name -> (module, extra that provides its dependency).
+_OPTIONAL = {
+    "PrometheusHook": ("coordinator.observe.prometheus", "prometheus"),
+    "OpenTelemetryHook": ("coordinator.observe.otel", "otel"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _OPTIONAL:
+        raise AttributeError(f"module 'coordinator' has no attribute {name!r}")
+    import importlib
+
+    module, extra = _OPTIONAL[name]
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise ImportError(f"coordinator.{name} needs an optional dependency: pip install 'coordinator[{extra}]' "
+                          f"({exc})") from exc
+    globals()[name] = found
+    return found

@@ -13,7 +13,7 @@ from redis.exceptions import RedisClusterException
 from coordinator import (
     CoordinatorError,
 )
-from coordinator.cli import demo_commands, operator  # importing them registers their subcommands
+from coordinator.cli import demo_commands, observe_commands, operator  # importing them registers their subcommands
 from coordinator.cli.registry import (
     COMMANDS,
     EXIT_INTERRUPTED,
@@ -24,7 +24,7 @@ from coordinator.cli.registry import (
 )
 from coordinator.cli.session import Session
 
-__all__ = ["COMMANDS", "build_parser", "demo_commands", "main", "operator"]
+__all__ = ["COMMANDS", "build_parser", "demo_commands", "main", "observe_commands", "operator"]
 
 
 def _exit_code(code: object) -> int:

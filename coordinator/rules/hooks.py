@@ -1,9 +1,13 @@
 """Observers of the failover executor: a ``Hook`` is any callable taking one frozen event record.
 
-Two records exist. ``AttemptEvent``: one per attempt, with what the executor does next.
+Two records reach every hook. ``AttemptEvent``: one per attempt, with what the executor does next.
 ``TransitionEvent``: one per pool transition this worker made, i.e. only for the single caller
 fleet-wide whose script won it (``result.transitioned``), so a notifier plugged in here sends one
 notice per real transition however many workers saw the failure.
+
+A third, ``CallEvent``, marks the boundaries of a call (its start, the start of each attempt, its end,
+however it ends) for tracing and latency. It reaches only hooks that ask for it with a true
+``call_events`` attribute, so a hook written for the first two records never meets a third.
 
 Records hold ids, kinds, status codes and times: never a secret, a header or a provider message.
 A hook that raises is logged and ignored: observers must not break the request they observe.
@@ -12,10 +16,12 @@ A hook that raises is logged and ignored: observers must not break the request t
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, Protocol
 
+from coordinator.core.config import PoolConfig
 from coordinator.core.kinds import FailureKind
 
 #: What the executor does after an attempt.
@@ -72,6 +78,35 @@ class TransitionEvent:
     cooling_until: float | None = None
 
 
+#: Which boundary of a call a ``CallEvent`` marks.
+CallPhase = Literal["start", "attempt", "end"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallEvent:
+    """A boundary of one ``coord.call``, delivered in the caller's thread (or task) in this order:
+    ``start``, then ``attempt`` just before each attempt runs (its ``AttemptEvent`` follows when it is
+    over), then ``end`` exactly once, also when the call raised or was cancelled.
+
+    Only hooks with a true ``call_events`` attribute receive it (see the module docstring).
+    """
+
+    phase: CallPhase
+    #: The pools of the call, in chain order.
+    pools: tuple[str, ...]
+    #: For ``attempt``: the pool and member about to be tried, and the member's configured model.
+    pool: str | None = None
+    member: str | None = None
+    model: str | None = None
+    #: For ``attempt``: 1-based try of this member within the call; ``number`` counts the whole call.
+    attempt: int = 0
+    number: int = 0
+    #: For ``end``: seconds since ``start``, and the class name of the exception the call raised
+    #: (None when it returned; a request error handed back as a response still returns).
+    elapsed: float = 0.0
+    error: str | None = None
+
+
 HookEvent = AttemptEvent | TransitionEvent
 
 
@@ -84,12 +119,40 @@ class Hook(Protocol):
 _log = logging.getLogger("coordinator")
 
 
-def dispatch(hooks: Iterable[Hook], event: HookEvent) -> None:
+def dispatch(hooks: Iterable[Hook], event: HookEvent | CallEvent) -> None:
     for hook in hooks:
         try:
-            hook(event)
+            hook(event)  # type: ignore[arg-type]  # a CallEvent only reaches hooks that asked for it
         except Exception:
             _log.exception("coordinator hook %r failed on %s", hook, type(event).__name__)
+
+
+class CallTrace:
+    """Sends one call's ``CallEvent``s to the hooks that asked for them; costs nothing when none did."""
+
+    def __init__(self, hooks: Sequence[Hook], pools: Sequence[PoolConfig], clock: Callable[[], float] = time.monotonic):
+        self._hooks = [hook for hook in hooks if getattr(hook, "call_events", False) is True]
+        self._pools = tuple(pool.name for pool in pools) if self._hooks else ()
+        self._clock = clock
+        self._started = 0.0
+        self._number = 0
+
+    def start(self) -> None:
+        if self._hooks:
+            self._started = self._clock()
+            dispatch(self._hooks, CallEvent(phase="start", pools=self._pools))
+
+    def attempt(self, pool: str, member: str, model: str | None, attempt: int) -> None:
+        self._number += 1
+        if self._hooks:
+            dispatch(self._hooks, CallEvent(phase="attempt", pools=self._pools, pool=pool, member=member,
+                                            model=model, attempt=attempt, number=self._number))
+
+    def end(self, error: BaseException | None) -> None:
+        if self._hooks:
+            elapsed = self._clock() - self._started
+            name = type(error).__name__ if error is not None else None
+            dispatch(self._hooks, CallEvent(phase="end", pools=self._pools, elapsed=elapsed, error=name))
 
 
 class LoggingHook:

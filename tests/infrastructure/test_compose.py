@@ -98,7 +98,7 @@ def documented_cli_calls() -> list[list[str]]:
 
 def test_services_are_the_documented_fleet(compose: dict[str, Any]) -> None:
     svcs = services(compose)
-    assert set(svcs) == {"redis", "upstream", "worker", "cli"}
+    assert set(svcs) == {"redis", "upstream", "worker", "cli", "alerts", "alert-sink", "metrics"}
     assert svcs["redis"]["image"].startswith("redis:7")
     assert svcs["worker"]["deploy"]["replicas"] == 4
     cli = svcs["cli"]
@@ -108,10 +108,10 @@ def test_services_are_the_documented_fleet(compose: dict[str, Any]) -> None:
         svc = svcs[name]
         assert svc["build"] == ".", name
         assert f"./deploy/coordinator.toml:{CONFIG_MOUNT}:ro" in svc["volumes"], name
-    assert cli_services(compose).keys() == {"upstream", "worker", "cli"}
+    assert cli_services(compose).keys() == {"upstream", "worker", "cli", "alerts", "metrics"}
 
 
-@pytest.mark.parametrize("service", ["upstream", "worker", "cli"])
+@pytest.mark.parametrize("service", ["upstream", "worker", "cli", "alerts", "metrics"])
 def test_each_command_is_a_real_subcommand_with_valid_options(compose: dict[str, Any], service: str) -> None:
     argv = cli_services(compose)[service]
     name = subcommand(argv)
@@ -180,7 +180,7 @@ def test_dockerfile_builds_the_image_every_service_runs() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     instructions = [line.split(None, 1) for line in dockerfile.splitlines() if line and not line.startswith("#")]
     assert ["FROM", "python:3.11-slim"] in instructions
-    assert "pip install '.[cli]'" in dockerfile
+    assert "pip install '.[cli,prometheus]'" in dockerfile
     assert not any(i[0] == "ENTRYPOINT" for i in instructions), "compose.yaml's commands assume no ENTRYPOINT"
     workdirs = [i[1] for i in instructions if i[0] == "WORKDIR"]
     assert workdirs[-1] == str(Path(CONFIG_MOUNT).parent), "the CLI's default ./coordinator.toml is the mounted file"

@@ -8,7 +8,7 @@ from typing import Any
 from coordinator.core.config import Member
 from coordinator.drivers.base import raise_action, store_call
 from coordinator.drivers.io_async import attempt, close_quietly, maybe_await
-from coordinator.rules.hooks import Hook, dispatch
+from coordinator.rules.hooks import CallTrace, Hook, dispatch
 from coordinator.rules.plan import NOTHING, Attempt, CallPlan, Discard, Notify, Outcome, Raise, Return, Sleep
 
 
@@ -21,6 +21,9 @@ async def run_plan(
     sleep: Callable[[float], Any],
 ) -> Any:
     """Carries out ``plan``; ``pools`` maps pool names to the coordinator's pool objects."""
+    trace = CallTrace(hooks, plan.pools, plan.clock)
+    trace.start()
+    error: BaseException | None = None
     try:
         action = plan.start()
         while True:
@@ -35,7 +38,9 @@ async def run_plan(
                 except Exception as exc:
                     outcome = Outcome(error=exc)
             elif isinstance(action, Attempt):
-                outcome = await attempt(fn, action.selection.member, plan.clock)
+                member = action.selection.member
+                trace.attempt(action.selection.pool, member.id, member.model, action.attempt)
+                outcome = await attempt(fn, member, plan.clock)
             else:
                 if isinstance(action, Sleep):
                     await maybe_await(sleep(action.seconds))
@@ -45,5 +50,9 @@ async def run_plan(
                     await close_quietly(action.value)
                 outcome = NOTHING
             action = plan.send(outcome)
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
         plan.close()
+        trace.end(error)
