@@ -15,6 +15,7 @@ from coordinator.core.config import (
     PoolConfig,
     RedisConfig,
     Strategy,
+    Timeouts,
     load_config,
     parse_duration,
 )
@@ -27,6 +28,7 @@ from coordinator.core.errors import (
     PoolExhaustedError,
     StoreError,
     StoreUnavailableError,
+    StreamInterruptedError,
     UnknownMemberError,
     UnknownPoolError,
 )
@@ -96,8 +98,10 @@ __all__ = [
     "Snapshot",
     "StoreError",
     "StoreUnavailableError",
+    "StreamInterruptedError",
     "Strategy",
     "SuccessResult",
+    "Timeouts",
     "TransitionEvent",
     "UnknownMemberError",
     "UnknownPoolError",

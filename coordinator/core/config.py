@@ -72,6 +72,17 @@ def parse_duration(value: Any) -> float:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
+def parse_limit(value: Any) -> float | None:
+    """A time limit: a duration, or ``None`` / ``"none"`` / ``"off"`` for no limit (TOML has no null)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "off")):
+        return None
+    return parse_duration(value)
+
+
+#: A duration or no limit at all (None).
+Limit = Annotated[float | None, BeforeValidator(parse_limit)]
+
+
 def check_id(value: str, what: str = "id") -> str:
     # fullmatch: with match(), "$" would also accept a trailing newline.
     if not isinstance(value, str) or not _ID_RE.fullmatch(value):
@@ -121,7 +132,14 @@ class CooldownPolicy(_Model):
     rate_limited: Duration = 60.0
     quota_exhausted: Duration = 1800.0
     auth: Duration = 600.0
-    transient: Duration = 30.0
+    #: Short, because one probe request (not every worker) finds out whether the member is back
+    #: (docs/design.md, "Timeouts and streams"): 5 s, doubling per consecutive ejection, up to
+    #: ``transient_max``.
+    transient: Duration = 5.0
+    transient_max: Duration = 60.0
+    #: Anthropic's 529 ``overloaded_error`` (a busy service, not this key's limit): its own short rest,
+    #: separate from the 429 ramp; used when the response carries no retry hint.
+    overloaded: Duration = 2.0
     model_unavailable: Duration = 600.0
     min: Duration = 1.0
     max: Duration = 6 * 3600.0
@@ -136,6 +154,35 @@ class CooldownPolicy(_Model):
 
     def base_for(self, kind: str) -> float:
         return float(getattr(self, kind))
+
+    def max_for(self, kind: str) -> float:
+        """The longest cooldown of this kind: ``max``, and for transient failures ``transient_max``."""
+        return min(self.max, self.transient_max) if kind == "transient" else self.max
+
+
+class Timeouts(_Model):
+    """Time limits of one attempt on a member of the pool (docs/design.md, "Timeouts and streams").
+
+    An attempt that runs out of one is not retried on the same member: the call moves to the next
+    member (or pool) at once, and the member is counted toward its transient cooldown. The SDK's own
+    timeout still applies on top (the smaller one wins). ``None`` (``"none"`` in TOML) is no limit.
+    """
+
+    #: Opening the TCP (and TLS) connection.
+    connect: Limit = 5.0
+    #: From sending the request to the response headers, for streaming requests (``"stream": true``).
+    first_byte: Limit = 30.0
+    #: The same for non-streaming requests: none, because reasoning models legitimately think for minutes.
+    first_byte_unary: Limit = None
+    #: From the response headers to the first content event of a stream (text or tool-call delta).
+    first_token: Limit = None
+    #: The longest gap between two reads of a stream once it started.
+    idle: Limit = 30.0
+    #: The whole call, when the caller gives no ``deadline`` of its own (waits and failovers included).
+    deadline: Limit = None
+
+    def header_limit(self, streaming: bool) -> float | None:
+        return self.first_byte if streaming else self.first_byte_unary
 
 
 class PoolConfig(_Model):
@@ -161,6 +208,11 @@ class PoolConfig(_Model):
     #: ``max_wait`` (and the call's deadline), fail at once with ``retry_at``, or try that member anyway.
     on_exhausted: ExhaustedPolicy = "wait"
     max_wait: Duration = 10.0
+    #: "A near recovery beats a model fallback": when every member of this pool is cooling and the
+    #: soonest comes back within this many seconds (and the call's deadline), wait and retry this pool
+    #: before moving down the chain. 0 moves on at once.
+    wait_for_recovery: Duration = 3.0
+    timeouts: Timeouts = Field(default_factory=Timeouts)
 
     @field_validator("name")
     @classmethod

@@ -8,8 +8,11 @@
     │   ├── StoreUnavailableError    Redis could not be reached in time
     │   └── CorruptStateError        a pool's keys hold something the scripts cannot trust
     ├── PoolExhaustedError       no member of a pool can serve; carries ``retry_at``
-    └── AllMembersFailedError    ``coord.call`` found no member in its pool or chain that served;
-                                 lists every cause, carries ``retry_at``
+    ├── AllMembersFailedError    ``coord.call`` found no member in its pool or chain that served;
+    │                            lists every cause, carries ``retry_at``
+    └── StreamInterruptedError   a streamed answer broke after the caller got part of it (or, inside
+                                 the transport, before): no terminal event, a stall, an in-band error
+                                 event, a malformed event; carries ``reason`` and what was delivered
 
 ``coord.call`` raises the caller's own exception unchanged for request, content-policy and
 context-length failures; it raises ``AllMembersFailedError`` only when failing over ran out.
@@ -148,3 +151,45 @@ class AllMembersFailedError(CoordinatorError):
     @property
     def failures(self) -> tuple[Failure, ...]:
         return tuple(cause.failure for cause in self.causes if cause.failure is not None)
+
+
+class StreamInterruptedError(CoordinatorError):
+    """A server-sent-event stream did not end as a complete answer (docs/design.md, "Timeouts and streams").
+
+    Raised from the stream the caller reads, never instead of it: the events before it were real and
+    are not replayed. ``reason`` is one of:
+
+    - ``"incomplete"``: the stream ended (or the connection closed) without its terminal event
+      (``data: [DONE]`` / ``finish_reason``, ``response.completed``, ``message_stop``);
+    - ``"stalled"``: nothing arrived for longer than the pool's ``idle`` (or ``first_token``) limit;
+    - ``"error_event"``: the provider sent an error inside the stream (``event: error``, an OpenAI error
+      object); ``body`` holds it, so classification reads its type (e.g. ``overloaded_error``);
+    - ``"malformed"``: an event whose data is not the JSON the format promises;
+    - ``"deadline"``: the call's deadline passed while the stream was still running.
+    """
+
+    REASONS = ("incomplete", "stalled", "error_event", "malformed", "deadline")
+
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        *,
+        pool: str | None = None,
+        member: str | None = None,
+        events: int = 0,
+        content_events: int = 0,
+        body: object = None,
+    ) -> None:
+        self.reason = reason
+        self.pool = pool
+        self.member = member
+        #: Events the caller had been given (all kinds) and how many of them carried content.
+        self.events = events
+        self.content_events = content_events
+        #: For ``error_event``: the error object the provider sent.
+        self.body = body
+        where = f" from {pool}/{member}" if pool and member else ""
+        super().__init__(
+            f"stream{where} interrupted ({reason}) after {events} events, {content_events} with content: {detail}"
+        )

@@ -34,6 +34,9 @@ class Failure:
     #: The most specific machine-readable cause the provider gave: error code, else error type.
     code: str | None = None
     message: str = field(default="", repr=False)
+    #: The member did not answer in time (connect, headers, first token, a stalled stream): a silent
+    #: route stays silent, so the call moves on at once instead of retrying it.
+    timeout: bool = False
 
     @property
     def cools(self) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from coordinator.core.errors import StreamInterruptedError
 from coordinator.core.kinds import Failure, FailureKind
 from coordinator.rules.hints import explicit_retry_after, normalize_headers, rate_limit_buckets, rate_limit_hint
 
@@ -104,6 +105,8 @@ _TRANSIENT_CLASSES = frozenset(
 )
 _REQUEST_CLASSES = frozenset({"UnsupportedProtocol", "TooManyRedirects", "InvalidURL", "LengthFinishReasonError"})
 _POLICY_CLASSES = frozenset({"ContentFilterFinishReasonError"})
+# A member that did not answer in time: httpx/httpx2 timeouts of every phase, the SDKs' APITimeoutError.
+_TIMEOUT_CLASSES = frozenset({"TimeoutException", "APITimeoutError", "TimeoutError"})
 # Bugs in the caller's own code: retrying them on every member would cool the whole fleet's pool.
 _PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, ImportError, AssertionError, NotImplementedError)
 
@@ -155,7 +158,16 @@ def classify(error_or_response: object, *, now: float | None = None) -> Failure:
         status=evidence.status,
         code=evidence.codes[0] if evidence.codes else None,
         message=evidence.message[:_MESSAGE_LIMIT],
+        timeout=kind == "transient" and _is_timeout(target),
     )
+
+
+def _is_timeout(target: object) -> bool:
+    if isinstance(target, StreamInterruptedError):
+        return target.reason in ("stalled", "deadline")
+    if not isinstance(target, BaseException):
+        return False
+    return bool({cls.__name__ for cls in type(target).__mro__} & _TIMEOUT_CLASSES)
 
 
 def classify_with(

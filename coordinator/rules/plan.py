@@ -189,6 +189,9 @@ class CallPlan:
             return math.inf
         return self._deadline - (self.clock() - self._started)
 
+    def _has_next_pool(self, pool: PoolConfig) -> bool:
+        return self.pools.index(pool) < len(self.pools) - 1
+
     def _attempts(self, pool: PoolConfig) -> int:
         return pool.attempts_per_member if self._max_retries is None else self._max_retries + 1
 
@@ -233,6 +236,7 @@ class CallPlan:
     def _pass(self, pool: PoolConfig) -> Generator[Action, Outcome, _PassEnd]:
         tried: set[str] = set()
         tried_degraded = False
+        waited = 0.0
         while True:
             if self._remaining() <= 0:
                 return _PassEnd("deadline")
@@ -259,6 +263,16 @@ class CallPlan:
                     if no_cooling_left:
                         # Every member was tried; the ones still available failed transiently.
                         return _PassEnd("failed")
+                    near = None if retry_at is None else max(0.0, retry_at - snap.now)
+                    if near is not None and pool.on_exhausted != "fail" and self._has_next_pool(pool) \
+                            and waited + near <= pool.wait_for_recovery and near < self._remaining():
+                        # A near recovery beats a model fallback: wait for this pool, then a new pass.
+                        nap = max(MIN_WAIT, near)
+                        yield Sleep(nap)
+                        waited += nap
+                        tried.clear()
+                        tried_degraded = False
+                        continue
                     if pool.on_exhausted == "degraded" and candidate is not None and not tried_degraded:
                         tried_degraded = True
                         sel = replace(sel, member=candidate, degraded=True, lease="", transitioned=False, events=())
@@ -301,6 +315,12 @@ class CallPlan:
             failure = _redact(classify_with(subject, self._classifiers), sel.member)
             self._record(pool.name, sel.member.id, failure, out.error)
 
+            if failure.kind == "context_length" and self._has_next_pool(pool):
+                # A larger-context pool may serve it; no member of this pool is to blame.
+                yield Notify(self._attempt_event(pool, sel, attempt, failure, out, next_step="next_pool"))
+                if out.value is not None and out.error is None:
+                    yield Discard(out.value)
+                return "next_pool"
             if not failure.cools:
                 yield Notify(self._attempt_event(pool, sel, attempt, failure, out, next_step="raise"))
                 if out.error is not None:
@@ -309,9 +329,14 @@ class CallPlan:
                     yield Return(out.result)  # the caller's own error response, untouched
                 return "served"
 
-            report = yield from self._report(pool, sel, failure.kind, failure.retry_after)
+            hint = failure.retry_after
+            if hint is None and failure.code == "overloaded_error":
+                hint = pool.cooldown.overloaded
+            report = yield from self._report(pool, sel, failure.kind, hint)
             backoff: float | None = None
-            if failure.kind == "transient" and attempt < allowed and not (report is not None and report.cooled):
+            # A member that did not answer in time is not asked again: a silent route stays silent.
+            retry = failure.kind == "transient" and not failure.timeout
+            if retry and attempt < allowed and not (report is not None and report.cooled):
                 backoff = self._backoff(pool, attempt, failure)
             if backoff is not None:
                 next_step: NextStep = "retry"

@@ -224,7 +224,7 @@ class PoolCodec:
             hint,
             _ms(policy.base_for(kind)),
             _ms(policy.min),
-            _ms(policy.max),
+            _ms(policy.max_for(kind)),
             repr(float(policy.multiplier)),
             str(threshold),
             selection.lease,

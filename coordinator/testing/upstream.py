@@ -1,10 +1,12 @@
 """A fake OpenAI- and Anthropic-compatible upstream on loopback, for the demo, tests and benchmarks.
 
 Each account is recognised by its API key (``Authorization: Bearer KEY`` or ``x-api-key: KEY``) and
-behaves as scripted: healthy, rate limited, quota exhausted, failing after N requests, 401, 500, 529,
-400, context length, content policy, model not found, or a stream that breaks after N chunks. It
-answers ``POST /v1/chat/completions`` (OpenAI, JSON or SSE) and ``POST /v1/messages`` (Anthropic, JSON
-or SSE) with bodies the official SDKs parse, and counts what it served per key.
+behaves as scripted: healthy, rate limited, quota exhausted, failing after N requests, 401, 500, 503,
+529, 400, context length, content policy, model not found, and the faults of a misbehaving provider
+(never answering, slow headers, a slow first token, a stream cut, stalled, malformed or carrying an
+error event after N events). It answers ``POST /v1/chat/completions`` (OpenAI, JSON or SSE),
+``POST /v1/responses`` (OpenAI Responses, SSE) and ``POST /v1/messages`` (Anthropic, JSON or SSE) with
+bodies the official SDKs parse, and records what it saw per key: counts, statuses, arrival times.
 """
 
 from __future__ import annotations
@@ -39,13 +41,27 @@ BEHAVIOURS = (
     "content_policy",  # 400 content_policy_violation
     "model_not_found",  # 404
     "stream_break",  # a stream that sends one chunk and then drops the connection
+    "unavailable",  # 503 service unavailable
+    "too_large",  # OpenAI's 429 "Request too large for ... tokens per min": no key of the pool can serve it
+    # Faults; ``delay`` (seconds) and ``events`` (N) are set per account with ``set(...)``:
+    "silent",  # reads the request and never answers (until the server stops)
+    "slow_headers",  # answers after ``delay``
+    "slow_first_token",  # a stream whose headers and preamble come at once, its first content after ``delay``
+    "cut",  # a stream that drops the connection after ``events`` events
+    "stall",  # a stream that goes quiet for ``delay`` after ``events`` events, then finishes
+    "malformed",  # a stream whose event number ``events`` + 1 is not JSON
+    "error_event",  # a stream with an in-band error after ``events`` events (Anthropic overloaded_error)
+    "no_terminal",  # a stream that ends cleanly but without its terminal event
 )
+_STREAM_FAULTS = frozenset({"slow_first_token", "cut", "stall", "malformed", "error_event", "no_terminal"})
 
 
 @dataclass
 class Account:
     behaviour: str = "ok"
     retry_after: float = 1.0
+    delay: float = 0.0
+    events: int = 0
     served: int = 0
     #: monotonic time until which this account told callers (with a 429) to stay away
     resting_until: float = 0.0
@@ -55,6 +71,8 @@ class Account:
 class UpstreamStats:
     requests: Counter[str] = field(default_factory=Counter)
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
+    #: Per key, the monotonic time each request arrived (before it was answered, or not).
+    arrivals: dict[str, list[float]] = field(default_factory=dict)
     #: Requests that arrived at an account inside a rest window it had already announced with a 429.
     hit_while_cooling: int = 0
 
@@ -73,6 +91,7 @@ _ERRORS: dict[str, tuple[int, tuple[str, str], tuple[str, str | None, str]]] = {
              ("invalid_request_error", "invalid_api_key", "Incorrect API key provided")),
     "server_error": (500, ("api_error", "Internal server error"), ("server_error", None, "The server had an error")),
     "overloaded": (529, ("overloaded_error", "Overloaded"), ("server_error", None, "Overloaded")),
+    "unavailable": (503, ("api_error", "Service unavailable"), ("server_error", None, "Service unavailable")),
     "bad_request": (400, ("invalid_request_error", "messages: field required"),
                     ("invalid_request_error", None, "'messages' is a required property")),
     "context_length": (400, ("invalid_request_error", "prompt is too long: 210000 tokens > 200000 maximum"),
@@ -144,7 +163,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _send_sse(self, events: list[tuple[str | None, str]], break_after: int | None = None) -> None:
+    def _send_sse(self, events: list[tuple[str | None, str]], break_after: int | None = None,
+                  fault: str = "", at: int = 0, delay: float = 0.0, anthropic: bool = False) -> None:
         if self._on_send is not None:
             self._on_send(200)
         self.send_response(200)
@@ -152,17 +172,41 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("cache-control", "no-cache")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
+        self.wfile.flush()
+        if fault == "slow_first_token":
+            at = next(i for i, (name, data) in enumerate(events) if _has_content(name, data))
+        if fault == "cut":
+            break_after = at
+        if fault == "no_terminal":
+            events = events[:-1]
         for i, (name, data) in enumerate(events):
             if break_after is not None and i >= break_after:
                 # Drop the connection before the closing chunk, as a crashed upstream would.
                 self.wfile.flush()
                 self.close_connection = True
                 return
+            if i == at and fault in ("stall", "slow_first_token") and self.server.upstream.pause(delay):
+                return
+            if i == at and fault == "malformed":
+                self._write_chunk(f"event: {name}\ndata: {{not json\n\n" if name else "data: {not json\n\n")
+            if i == at and fault == "error_event":
+                error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+                if anthropic:
+                    self._write_chunk(f"event: error\ndata: {json.dumps(error)}\n\n")
+                else:
+                    body = {"error": {"message": "The server is overloaded", "type": "server_error", "code": None}}
+                    self._write_chunk(f"data: {json.dumps(body)}\n\n")
+                self.close_connection = True
+                self.wfile.write(b"0\r\n\r\n")
+                return
             prefix = f"event: {name}\n" if name else ""
-            payload = f"{prefix}data: {data}\n\n".encode()
-            self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
-            self.wfile.flush()
+            self._write_chunk(f"{prefix}data: {data}\n\n")
         self.wfile.write(b"0\r\n\r\n")
+
+    def _write_chunk(self, text: str) -> None:
+        payload = text.encode()
+        self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+        self.wfile.flush()
 
     def do_GET(self) -> None:
         if self.path == "/health":
@@ -177,19 +221,39 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"{}")
         except ValueError:
             body = {}
-        anthropic = self.path.rstrip("/").endswith("/v1/messages")
-        if not anthropic and not self.path.rstrip("/").endswith("/chat/completions"):
+        path = self.path.rstrip("/")
+        anthropic = path.endswith("/v1/messages")
+        responses = path.endswith("/v1/responses")
+        if not anthropic and not responses and not path.endswith("/chat/completions"):
             self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
             return
         auth = self.headers.get("authorization", "")
         key = self.headers.get("x-api-key") or (auth[7:] if auth.lower().startswith("bearer ") else "")
-        behaviour, retry_after = self.server.upstream.next_behaviour(key)
+        upstream = self.server.upstream
+        behaviour, retry_after = upstream.next_behaviour(key)
+        account = upstream.account(key)
         model = str(body.get("model") or "unknown-model")
         stream = bool(body.get("stream"))
         rest = 3600.0 if behaviour == "quota" else retry_after if behaviour.startswith("rate_limited") else 0.0
         # Counted before the first byte goes out: a test that has its answer sees it counted.
-        self._on_send = lambda status: self.server.upstream.record(key, status, rest)
-        self._respond(behaviour, retry_after, anthropic, model, stream)
+        self._on_send = lambda status: upstream.record(key, status, rest)
+        if behaviour == "silent":
+            upstream.pause(None)
+            self.close_connection = True
+            return
+        if behaviour == "slow_headers" and upstream.pause(account.delay):
+            return
+        if responses:
+            events = _responses_stream(model)
+            fault = behaviour if behaviour in _STREAM_FAULTS else ""
+            self._send_sse(events, fault=fault, at=account.events, delay=account.delay)
+            return
+        if stream and behaviour in _STREAM_FAULTS:
+            events = self._anthropic_stream(model) if anthropic else self._openai_stream(model)
+            self._send_sse(events, fault=behaviour, at=account.events, delay=account.delay, anthropic=anthropic)
+            return
+        self._respond("ok" if behaviour in ("slow_headers", *_STREAM_FAULTS) else behaviour, retry_after,
+                      anthropic, model, stream)
 
     # -- behaviours ------------------------------------------------------------------------------
 
@@ -209,6 +273,13 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send_json(200, self._anthropic_message(model) if anthropic else self._openai_completion(model),
                                 headers)
+            return
+        if behaviour == "too_large":
+            message = ("Request too large for gpt-4o in organization org-test on tokens per min (TPM): "
+                       "Limit 30000, Requested 48000. The input or output tokens must be reduced in order to run "
+                       "successfully.")
+            self._send_json(429, _openai_error(429, "tokens", "rate_limit_exceeded", message),
+                            {"x-ratelimit-limit-tokens": "30000", "x-ratelimit-remaining-tokens": "30000"})
             return
         if behaviour.startswith("rate_limited"):
             headers = _reset_headers(behaviour, retry_after)
@@ -292,6 +363,27 @@ class _Handler(BaseHTTPRequestHandler):
         return events
 
 
+def _has_content(name: str | None, data: str) -> bool:
+    return name in ("content_block_delta", "response.output_text.delta") or '"content": "' in data
+
+
+def _responses_stream(model: str) -> list[tuple[str | None, str]]:
+    """OpenAI Responses API events, as ``client.responses.create(stream=True)`` reads them."""
+    response = {"id": "resp_fake", "object": "response", "created_at": int(time.time()), "model": model,
+                "status": "in_progress", "output": []}
+    events: list[tuple[str | None, str]] = [
+        ("response.created", json.dumps({"type": "response.created", "sequence_number": 0, "response": response})),
+    ]
+    for i, piece in enumerate(["Hello", " from", " the", " fake", " upstream."]):
+        events.append(("response.output_text.delta", json.dumps({
+            "type": "response.output_text.delta", "sequence_number": i + 1, "item_id": "msg_fake",
+            "output_index": 0, "content_index": 0, "delta": piece, "logprobs": []})))
+    done = {**response, "status": "completed"}
+    events.append(("response.completed", json.dumps({"type": "response.completed", "sequence_number": 6,
+                                                      "response": done})))
+    return events
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     upstream: FakeUpstream
@@ -308,6 +400,7 @@ class FakeUpstream:
         self.stats = UpstreamStats()
         for key, behaviour in (accounts or {}).items():
             self.set(key, behaviour)
+        self._stopping = threading.Event()
         self._server = _Server((host, port), _Handler)
         self._server.upstream = self
         self._thread: threading.Thread | None = None
@@ -317,13 +410,29 @@ class FakeUpstream:
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}"
 
-    def set(self, key: str, behaviour: str, retry_after: float | None = None) -> None:
-        """Changes how the account with this key behaves from its next request on."""
+    def set(self, key: str, behaviour: str, retry_after: float | None = None, *, delay: float = 0.0,
+            events: int = 0) -> None:
+        """Changes how the account with this key behaves from its next request on. ``delay`` is how long a
+        slow or stalling fault waits, ``events`` after how many stream events a stream fault strikes."""
         name = behaviour.split(":")[-1]
         if name not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r}; expected one of {', '.join(BEHAVIOURS)}")
         with self._lock:
-            self._accounts[key] = Account(behaviour, self.default_retry_after if retry_after is None else retry_after)
+            self._accounts[key] = Account(behaviour, self.default_retry_after if retry_after is None else retry_after,
+                                          delay, events)
+
+    def account(self, key: str) -> Account:
+        with self._lock:
+            return self._accounts.get(key) or Account("auth")
+
+    def pause(self, seconds: float | None) -> bool:
+        """Waits ``seconds`` (None: until the server stops); True when the server is stopping."""
+        return self._stopping.wait(seconds)
+
+    def times(self, key: str) -> list[float]:
+        """When each request for ``key`` arrived (monotonic seconds)."""
+        with self._lock:
+            return list(self.stats.arrivals.get(key, []))
 
     def next_behaviour(self, key: str) -> tuple[str, float]:
         with self._lock:
@@ -331,6 +440,7 @@ class FakeUpstream:
             if account is None:
                 return "auth", 0.0
             account.served += 1
+            self.stats.arrivals.setdefault(key, []).append(time.monotonic())
             if time.monotonic() < account.resting_until:
                 self.stats.hit_while_cooling += 1
             behaviour = account.behaviour
@@ -354,6 +464,7 @@ class FakeUpstream:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:

@@ -26,6 +26,9 @@ import httpx
 from coordinator.core.config import Member, PoolConfig
 from coordinator.core.errors import AllMembersFailedError
 from coordinator.core.kinds import Failure
+from coordinator.rules.sse import SseFormat, detect_format
+from coordinator.transport import limits
+from coordinator.transport.stream_guard import GuardState, aprime, guarded_stream, prime
 
 
 class Caller(Protocol):
@@ -66,11 +69,21 @@ class _Call:
     last_error_response: httpx.Response | None = None
     last_error: Exception | None = None
     tried: list[dict[str, Any]] = field(default_factory=list)
+    #: Seconds the whole call may take (the call's ``deadline``, else the first pool's), or None.
+    deadline: float | None = None
     _undo: list[tuple[str, str | None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.url = self.request.url
         self.stream = self.request.stream
+        self.started = time.monotonic()
+        #: The SDK's own per-request timeouts; the pool's limits only ever shorten them.
+        self.sdk_timeouts = self.request.extensions.get("timeout")
+        self.streaming = _asks_for_stream(self.body)
+        self.format: SseFormat | None = detect_format(self.url.path)
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - (time.monotonic() - self.started)
 
     def prepare(self, member: Member) -> httpx.Request:
         """The caller's request as ``member`` sends it. Changed in place (cheaper than a copy per call)
@@ -101,7 +114,52 @@ class _Call:
             if content is not self.body:
                 request.stream = self.lib.ByteStream(content)
                 self._set_header("content-length", str(len(content)))
+        request.extensions["timeout"] = limits.header_phase(self.sdk_timeouts, pool.timeouts, self.streaming,
+                                                            self.remaining())
         return request
+
+    def _guard_for(self, response: httpx.Response, member: Member, *, timers: bool) -> GuardState | None:
+        """Sets the body-phase timeouts; for a successful event stream of a known API, its guard."""
+        pool = self.owners[id(member)]
+        event_stream = response.status_code < 400 and \
+            response.headers.get("content-type", "").startswith("text/event-stream")
+        self.request.extensions["timeout"] = limits.body_phase(self.sdk_timeouts, pool.timeouts, event_stream,
+                                                               self.remaining(), timers=timers)
+        if not event_stream or self.format is None:
+            return None
+        remaining = self.remaining()
+        return GuardState(self.format, first_token=pool.timeouts.first_token, idle=pool.timeouts.idle,
+                          deadline_at=None if remaining is None else time.monotonic() + remaining,
+                          pool=pool.name, member=member.id)
+
+    def guard(self, response: httpx.Response, member: Member) -> httpx.Response:
+        """Hands an event stream over only once it has content; its failures until then are this attempt's."""
+        state = self._guard_for(response, member, timers=False)
+        if state is None:
+            return response
+        original = response.stream
+        chunks = iter(original)  # type: ignore[arg-type]
+        try:
+            head, ended = prime(state, chunks)
+        except BaseException:
+            response.close()
+            raise
+        response.stream = guarded_stream(self.lib, state, head, ended, chunks, original)
+        return response
+
+    async def aguard(self, response: httpx.Response, member: Member) -> httpx.Response:
+        state = self._guard_for(response, member, timers=True)
+        if state is None:
+            return response
+        original = response.stream
+        chunks = original.__aiter__()  # type: ignore[union-attr]
+        try:
+            head, ended = await aprime(state, chunks)
+        except BaseException:
+            await response.aclose()
+            raise
+        response.stream = guarded_stream(self.lib, state, head, ended, chunks, original)
+        return response
 
     def _set_header(self, name: str, value: str | None) -> None:
         headers = self.request.headers
@@ -151,7 +209,9 @@ class _Call:
         """The response for a call that could not be served: the last real error response the caller's
         SDK understands (its own 429, 401, ...), or a 429 naming when to retry when nothing was sent."""
         last = self.last_error_response
-        if last is None and isinstance(error, NotReplayableError) and self.last_error is not None:
+        if last is None and self.last_error is not None:
+            # Every try raised (a timeout, a refused connection, a broken stream): the caller's SDK
+            # gets the last of those errors, as it would without the coordinator.
             raise self.last_error
         if last is not None:
             response = self.lib.Response(last.status_code, headers=last.headers, content=last.content,
@@ -168,6 +228,17 @@ class _Call:
         response = self.finish(response)
         response.extensions["coordinator"]["error"] = str(error)
         return response
+
+
+def _asks_for_stream(body: bytes | None) -> bool:
+    """The JSON body says ``"stream": true`` (OpenAI and Anthropic alike)."""
+    if not body or b'"stream"' not in body:
+        return False
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(payload, dict) and payload.get("stream") is True
 
 
 def _with_model(body: bytes, model: str, headers: Any) -> bytes:
@@ -225,7 +296,13 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
             pools = [p.strip() for p in header.split(",") if p.strip()]
         configs = [self._coordinator.pool_config(name) for name in pools]
         owners = {id(member): cfg for cfg in configs for member in cfg.members}
-        return _Call(request, http_library(request), body, pools, owners)
+        deadline = self._options.get("deadline")
+        if deadline is None and configs:
+            deadline = configs[0].timeouts.deadline
+        return _Call(request, http_library(request), body, pools, owners, deadline=deadline)
+
+    def _call_options(self, call: _Call) -> dict[str, Any]:
+        return {**self._options, "deadline": call.deadline}
 
     @staticmethod
     def _replayable(request: Any) -> bool:
@@ -237,11 +314,11 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
             raise TypeError("this transport belongs to an AsyncCoordinator: use it with an AsyncClient")
         call = self._start(request, request.read() if self._replayable(request) else None)
         inner = self._inner_for(call.lib)
+        def attempt(member: Member) -> httpx.Response:
+            return call.guard(call.note(inner.handle_request(call.prepare(member))), member)
+
         try:
-            response = coordinator.call(
-                call.pools, lambda member: call.note(inner.handle_request(call.prepare(member))),
-                classifier=call.classify, **self._options,
-            )
+            response = coordinator.call(call.pools, attempt, classifier=call.classify, **self._call_options(call))
         except (NotReplayableError, AllMembersFailedError) as exc:
             return call.fallback(exc)
         finally:
@@ -256,10 +333,11 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         inner = self._inner_for(call.lib)
 
         async def attempt(member: Member) -> httpx.Response:
-            return call.note(await inner.handle_async_request(call.prepare(member)))
+            return await call.aguard(call.note(await inner.handle_async_request(call.prepare(member))), member)
 
         try:
-            response = await coordinator.call(call.pools, attempt, classifier=call.classify, **self._options)
+            response = await coordinator.call(call.pools, attempt, classifier=call.classify,
+                                              **self._call_options(call))
         except (NotReplayableError, AllMembersFailedError) as exc:
             return call.fallback(exc)
         finally:

@@ -114,9 +114,11 @@ def test_openai_stream_arrives_intact_and_is_never_replayed(store, upstream):
     assert pieces == ["Hello", " from", " the", " fake", " upstream."]
     upstream.set(KEYS[0], "stream_break")
     stream = ask(openai_client(coord, upstream), stream=True)
-    with pytest.raises(openai.APIConnectionError):
-        for _ in stream:
-            pass
+    got = []
+    with pytest.raises(co.StreamInterruptedError) as info:
+        for chunk in stream:
+            got.append(chunk.choices[0].delta.content)
+    assert got == ["Hello"] and info.value.reason == "incomplete" and info.value.content_events == 1
     assert upstream.stats.requests[KEYS[0]] == 2 and upstream.stats.requests[KEYS[1]] == 0
     assert coord.pool("openai").snapshot().active == "acct-1", "a started stream is the caller's, not a failover"
 

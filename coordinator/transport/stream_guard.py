@@ -1,0 +1,254 @@
+"""The stream guard: an event stream reaches the caller whole, or ends in ``StreamInterruptedError``
+(docs/design.md, "Timeouts and streams").
+
+The transport primes a successful event stream before handing it over: it reads up to the first
+content event (or the end of a stream with none). What goes wrong until then (a stall, an in-band
+error such as Anthropic's ``overloaded_error``, a malformed event, a cut) is a failure of that attempt,
+failed over like any other, because the caller has nothing yet. After the handover the guard passes on
+whole events only, exactly as received and never twice; it raises instead of passing on a malformed
+or an error event, and raises instead of ending when the terminal event never came.
+
+What the events mean is ``coordinator.rules.sse`` (pure); this module adds the clock and the bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+from coordinator.core.errors import StreamInterruptedError
+from coordinator.rules.sse import SseEvent, SseFormat, SseFramer, judge
+
+
+def _timed_out(error: BaseException) -> bool:
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(names & {"TimeoutException", "TimeoutError"})
+
+
+class GuardState:
+    """What one stream has delivered and whether it may go on. No I/O: bytes in, bytes out."""
+
+    def __init__(
+        self,
+        fmt: SseFormat,
+        *,
+        first_token: float | None,
+        idle: float | None,
+        deadline_at: float | None,
+        pool: str,
+        member: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fmt = fmt
+        self.first_token = first_token
+        self.idle = idle
+        self.deadline_at = deadline_at
+        self.pool = pool
+        self.member = member
+        self.clock = clock
+        self.started = self.last_read = clock()
+        self.events = 0
+        self.content_events = 0
+        self.complete = False
+        self._framer = SseFramer()
+
+    def error(self, reason: str, detail: str, body: object = None) -> StreamInterruptedError:
+        return StreamInterruptedError(reason, detail, pool=self.pool, member=self.member, events=self.events,
+                                      content_events=self.content_events, body=body)
+
+    def next_read_limit(self) -> float | None:
+        """Seconds the next read may take before the stream counts as stalled (or past its deadline)."""
+        now = self.clock()
+        limits = []
+        if self.idle is not None:
+            limits.append(self.last_read + self.idle - now)
+        if self.first_token is not None and not self.content_events and not self.complete:
+            limits.append(self.started + self.first_token - now)
+        if self.deadline_at is not None:
+            limits.append(self.deadline_at - now)
+        return max(0.0, min(limits)) if limits else None
+
+    def stalled(self) -> StreamInterruptedError:
+        now = self.clock()
+        if self.deadline_at is not None and now >= self.deadline_at:
+            return self.error("deadline", "the call's deadline passed while the stream was running")
+        if self.first_token is not None and not self.content_events:
+            return self.error("stalled", f"no content within first_token ({self.first_token:g}s)")
+        limit = f" ({self.idle:g}s)" if self.idle is not None else ""
+        return self.error("stalled", f"nothing arrived for longer than idle{limit}")
+
+    def broken(self, error: BaseException) -> StreamInterruptedError:
+        """The connection failed under the stream: a timed-out read is a stall, anything else a cut."""
+        if _timed_out(error):
+            return self.stalled()
+        return self.error("incomplete", f"the connection broke before the terminal event: {error!r}")
+
+    def accept(self, chunk: bytes) -> bytes:
+        """The whole, sound events ``chunk`` completes, as raw bytes; raises on a bad one."""
+        now = self.clock()
+        events = self._framer.feed(chunk)
+        out = [self._take(event) for event in events]
+        self.last_read = now
+        if not self.content_events and not self.complete and self.first_token is not None \
+                and now - self.started > self.first_token:
+            raise self.stalled()
+        if self.deadline_at is not None and now > self.deadline_at and not self.complete:
+            raise self.stalled()
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """At the end of the body: a last unterminated event, then the verdict on the whole stream."""
+        last = self._framer.flush()
+        out = self._take(last) if last is not None else b""
+        if not self.complete:
+            raise self.error("incomplete", f"the stream ended without its terminal event ({_TERMINAL[self.fmt]})")
+        return out
+
+    def _take(self, event: SseEvent) -> bytes:
+        verdict = judge(self.fmt, event)
+        if verdict.malformed is not None:
+            raise self.error("malformed", verdict.malformed)
+        if verdict.error is not None:
+            raise self.error("error_event", f"the provider sent an error event: {event.data[:300]}", verdict.error)
+        self.events += 0 if event.empty else 1
+        self.content_events += 1 if verdict.content else 0
+        self.complete = self.complete or verdict.terminal
+        return event.raw
+
+    @property
+    def primed(self) -> bool:
+        """The caller may have the stream: it has content (or is already complete)."""
+        return bool(self.content_events) or self.complete
+
+
+_TERMINAL: dict[SseFormat, str] = {
+    "chat": "data: [DONE] or a finish_reason",
+    "responses": "response.completed",
+    "messages": "message_stop",
+}
+
+
+# -- driving a response's byte stream ---------------------------------------------------------------
+
+
+def prime(state: GuardState, chunks: Iterator[bytes]) -> tuple[bytes, bool]:
+    """Reads until the stream may be handed over; returns the bytes so far and whether the body ended."""
+    out = []
+    try:
+        for chunk in chunks:
+            out.append(state.accept(chunk))
+            if state.primed:
+                return b"".join(out), False
+    except StreamInterruptedError:
+        raise
+    except Exception as exc:
+        raise state.broken(exc) from exc
+    out.append(state.finish())
+    return b"".join(out), True
+
+
+async def aprime(state: GuardState, chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
+    out = []
+    while True:
+        try:
+            chunk = await _next_within(chunks, state.next_read_limit())
+        except StopAsyncIteration:
+            break
+        except StreamInterruptedError:
+            raise
+        except Exception as exc:
+            raise state.broken(exc) from exc
+        out.append(state.accept(chunk))
+        if state.primed:
+            return b"".join(out), False
+    out.append(state.finish())
+    return b"".join(out), True
+
+
+async def _next_within(chunks: AsyncIterator[bytes], limit: float | None) -> bytes:
+    if limit is None or not _in_asyncio():
+        return await anext(chunks)
+    async with asyncio.timeout(limit):
+        return await anext(chunks)
+
+
+def _in_asyncio() -> bool:
+    try:
+        asyncio.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
+class _GuardedStream:
+    """The caller's view of a primed stream: what priming read, then the rest, event by event."""
+
+    def __init__(self, state: GuardState, head: bytes, ended: bool, chunks: Any, original: Any) -> None:
+        self.state = state
+        self._head = head
+        self._ended = ended
+        self._chunks = chunks
+        self._original = original
+
+    def __iter__(self) -> Iterator[bytes]:
+        state = self.state
+        if self._head:
+            yield self._head
+        if self._ended:
+            return
+        try:
+            for chunk in self._chunks:
+                data = state.accept(chunk)
+                if data:
+                    yield data
+        except StreamInterruptedError:
+            raise
+        except Exception as exc:
+            raise state.broken(exc) from exc
+        tail = state.finish()
+        if tail:
+            yield tail
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        state = self.state
+        if self._head:
+            yield self._head
+        if self._ended:
+            return
+        while True:
+            try:
+                chunk = await _next_within(self._chunks, state.next_read_limit())
+            except StopAsyncIteration:
+                break
+            except StreamInterruptedError:
+                raise
+            except Exception as exc:
+                raise state.broken(exc) from exc
+            data = state.accept(chunk)
+            if data:
+                yield data
+        tail = state.finish()
+        if tail:
+            yield tail
+
+    def close(self) -> None:
+        self._original.close()
+
+    async def aclose(self) -> None:
+        await self._original.aclose()
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def guarded_stream(lib: ModuleType, state: GuardState, head: bytes, ended: bool, chunks: Any,
+                   original: Any) -> Any:
+    """A byte stream of ``lib`` (httpx or httpx2: clients check the class) that carries the guard."""
+    cls = _CLASSES.get(lib.__name__)
+    if cls is None:
+        cls = type("GuardedStream", (_GuardedStream, lib.SyncByteStream, lib.AsyncByteStream), {})
+        _CLASSES[lib.__name__] = cls
+    return cls(state, head, ended, chunks, original)
