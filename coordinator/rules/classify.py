@@ -37,6 +37,9 @@ _CONTEXT_CODES = frozenset({"context_length_exceeded", "context_window_exceeded"
 _CONTEXT_TEXT = re.compile(
     r"prompt is too long|maximum context length|context[ _]length|context window|exceeds? (the )?context limit"
 )
+# OpenAI's 429 for one request larger than the key's whole per-minute token limit: waiting never helps,
+# and no key of the same tier can serve it, so it is a context-window problem, not a rate limit.
+_TOO_LARGE_TEXT = re.compile(r"request too large for .{0,200}\bper min")
 _POLICY_CODES = frozenset(
     {
         "content_policy_violation",
@@ -305,6 +308,8 @@ def _decide(ev: _Evidence, target: object) -> FailureKind:
     text = ev.message.lower()
     soft = ev.status in _SOFT_STATUSES
     if ev.has(_CONTEXT_CODES) or (soft and _CONTEXT_TEXT.search(text)):
+        return "context_length"
+    if ev.status in (None, 413, 429) and _TOO_LARGE_TEXT.search(text):
         return "context_length"
     if ev.has(_POLICY_CODES) or (soft and _POLICY_TEXT.search(text)):
         return "content_policy"

@@ -178,7 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "cut":
             break_after = at
         if fault == "no_terminal":
-            events = events[:-1]
+            # Chat Completions ends with a finish_reason chunk and [DONE]; the others with one event.
+            events = events[:-2] if events[-1][1] == "[DONE]" else events[:-1]
         for i, (name, data) in enumerate(events):
             if break_after is not None and i >= break_after:
                 # Drop the connection before the closing chunk, as a crashed upstream would.
@@ -459,7 +460,9 @@ class FakeUpstream:
                 account.resting_until = max(account.resting_until, time.monotonic() + rest)
 
     def start(self) -> FakeUpstream:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-upstream", daemon=True)
+        # A short poll interval: stop() returns within 50 ms, not half a second, in every test.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-upstream",
+                                        daemon=True)
         self._thread.start()
         return self
 

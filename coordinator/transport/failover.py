@@ -43,12 +43,18 @@ class Caller(Protocol):
 
 #: Per-request choice of pools, as a header an SDK can send with ``extra_headers``; never forwarded.
 POOLS_HEADER = "x-coordinator-pools"
+#: An attempt with less of the call's deadline left than this is not started (it could only time out).
+_SHORTEST_ATTEMPT = 0.01
 #: Headers that carry the caller's placeholder credential; replaced by the member's own.
 _CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 
 
 class NotReplayableError(Exception):
     """The request body was a one-shot stream: it was sent once and cannot be sent again."""
+
+
+class DeadlineReachedError(Exception):
+    """The call's deadline passed before the next attempt could start: nothing is sent."""
 
 
 def http_library(request: Any) -> ModuleType:
@@ -90,6 +96,9 @@ class _Call:
         and changed back by ``restore``, so the caller never sees a member's secret in it."""
         if self.body is None and self.attempts > 0:
             raise NotReplayableError("the request body is a stream that was already sent once")
+        remaining = self.remaining()
+        if remaining is not None and remaining < _SHORTEST_ATTEMPT:
+            raise DeadlineReachedError(f"the call's deadline ({self.deadline:g}s) has passed")
         self.restore()
         pool = self.owners[id(member)]
         self.attempts += 1
@@ -183,9 +192,9 @@ class _Call:
 
     def classify(self, error: object) -> Failure | None:
         """Seen first by the executor for every failure; leaves the judgement to the built-in rules."""
-        if isinstance(error, NotReplayableError):
+        if isinstance(error, NotReplayableError | DeadlineReachedError):
             # "request" touches no state and makes the executor hand the error back at once.
-            return Failure(kind="request", message="body not replayable")
+            return Failure(kind="request", message=str(error))
         if isinstance(error, Exception):
             self.last_error = error
         return None
@@ -319,7 +328,7 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
 
         try:
             response = coordinator.call(call.pools, attempt, classifier=call.classify, **self._call_options(call))
-        except (NotReplayableError, AllMembersFailedError) as exc:
+        except (NotReplayableError, DeadlineReachedError, AllMembersFailedError) as exc:
             return call.fallback(exc)
         finally:
             call.restore()
@@ -338,7 +347,7 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         try:
             response = await coordinator.call(call.pools, attempt, classifier=call.classify,
                                               **self._call_options(call))
-        except (NotReplayableError, AllMembersFailedError) as exc:
+        except (NotReplayableError, DeadlineReachedError, AllMembersFailedError) as exc:
             return call.fallback(exc)
         finally:
             call.restore()
