@@ -20,7 +20,13 @@ from typing import Any
 
 from coordinator.core.errors import StreamInterruptedError
 from coordinator.core.kinds import Failure, FailureKind
-from coordinator.rules.hints import explicit_retry_after, normalize_headers, rate_limit_buckets, rate_limit_hint
+from coordinator.rules.hints import (
+    explicit_retry_after,
+    normalize_headers,
+    parse_go_duration,
+    rate_limit_buckets,
+    rate_limit_hint,
+)
 
 #: A user's classifier: a Failure for the errors it knows, None to let the built-in rules decide.
 Classifier = Callable[[Any], Failure | None]
@@ -36,6 +42,7 @@ _QUOTA_TEXT = re.compile(
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "context_window_exceeded"})
 _CONTEXT_TEXT = re.compile(
     r"prompt is too long|maximum context length|context[ _]length|context window|exceeds? (the )?context limit"
+    r"|input is too long for requested model"
 )
 # OpenAI's 429 for one request larger than the key's whole per-minute token limit: waiting never helps,
 # and no key of the same tier can serve it, so it is a context-window problem, not a rate limit.
@@ -85,6 +92,21 @@ _WEAK_TYPES: dict[str, FailureKind] = {
     "request_too_large": "request",
 }
 
+# AWS (Bedrock, also through the anthropic SDK's Bedrock client) names its error in x-amzn-errortype.
+_AWS_TYPES: dict[str, FailureKind] = {
+    "throttlingexception": "rate_limited",
+    "toomanyrequestsexception": "rate_limited",
+    "servicequotaexceededexception": "quota_exhausted",
+    "serviceunavailableexception": "transient",
+    "modelnotreadyexception": "transient",
+    "internalserverexception": "transient",
+    "modeltimeoutexception": "transient",
+    "accessdeniedexception": "auth",
+    "unrecognizedclientexception": "auth",
+    "expiredtokenexception": "auth",
+    "resourcenotfoundexception": "model_unavailable",
+}
+
 # Message heuristics only where the status leaves room for them: a 429 "Rate limit reached for
 # text-moderation-latest" is a rate limit, not a moderation refusal.
 _SOFT_STATUSES = frozenset({None, 200, 400, 404, 410, 413, 422})
@@ -120,6 +142,10 @@ class _Evidence:
     headers: dict[str, str] = field(default_factory=dict)
     codes: list[str] = field(default_factory=list)
     message: str = ""
+    #: Google's RetryInfo.retryDelay from the body, seconds.
+    retry_delay: float | None = None
+    #: Google's QuotaFailure violation quota ids (e.g. "GenerateRequestsPerMinutePerProjectPerModel").
+    quota_ids: list[str] = field(default_factory=list)
 
     @property
     def found(self) -> bool:
@@ -155,9 +181,12 @@ def classify(error_or_response: object, *, now: float | None = None) -> Failure:
     if not isinstance(target, BaseException) and not is_error:
         raise ValueError(f"{type(target).__name__} with status {evidence.status} is not a failure")
     kind = _decide(evidence, target)
+    hint = _hint(kind, evidence.headers, now)
+    if hint is None and kind in ("rate_limited", "transient"):
+        hint = evidence.retry_delay
     return Failure(
         kind=kind,
-        retry_after=_hint(kind, evidence.headers, now),
+        retry_after=hint,
         status=evidence.status,
         code=evidence.codes[0] if evidence.codes else None,
         message=evidence.message[:_MESSAGE_LIMIT],
@@ -231,6 +260,9 @@ def _gather(target: object) -> _Evidence:
     _read_body(body, evidence)
     if isinstance(target, BaseException):
         evidence.message = evidence.message or str(target)
+    aws = evidence.headers.get("x-amzn-errortype")
+    if aws:
+        evidence.codes.insert(0, aws.partition(":")[0])
     evidence.codes = _unique(code.strip().lower() for code in evidence.codes if code and code.strip())
     return evidence
 
@@ -276,12 +308,28 @@ def _read_body(body: Any, evidence: _Evidence) -> None:
     details = error.get("details")
     if isinstance(details, Mapping) and isinstance(details.get("error_code"), str):
         evidence.codes.insert(0, details["error_code"])
+    if isinstance(details, list):
+        _read_google_details(details, evidence)
     inner_error = error.get("innererror")
     if isinstance(inner_error, Mapping) and isinstance(inner_error.get("code"), str):
         evidence.codes.append(inner_error["code"])
     message = error.get("message")
     if isinstance(message, str):
         evidence.message = message
+
+
+def _read_google_details(details: list[Any], evidence: _Evidence) -> None:
+    """Gemini (native and OpenAI-compatible): ``google.rpc.RetryInfo`` and ``google.rpc.QuotaFailure``."""
+    for detail in details:
+        if not isinstance(detail, Mapping):
+            continue
+        kind = str(detail.get("@type", ""))
+        if kind.endswith("google.rpc.RetryInfo"):
+            evidence.retry_delay = parse_go_duration(str(detail.get("retryDelay", "")))
+        elif kind.endswith("google.rpc.QuotaFailure") and isinstance(detail.get("violations"), list):
+            for violation in detail["violations"]:
+                if isinstance(violation, Mapping) and isinstance(violation.get("quotaId"), str):
+                    evidence.quota_ids.append(violation["quotaId"].lower())
 
 
 def _unique(values: Any) -> list[str]:
@@ -313,12 +361,18 @@ def _decide(ev: _Evidence, target: object) -> FailureKind:
         return "context_length"
     if ev.has(_POLICY_CODES) or (soft and _POLICY_TEXT.search(text)):
         return "content_policy"
+    if ev.quota_ids:
+        # Google says which quota ran out: a per-day one is spent for the day, anything shorter is a rate.
+        return "quota_exhausted" if any("perday" in q for q in ev.quota_ids) else "rate_limited"
     if ev.has(_QUOTA_CODES) or (ev.status in _QUOTA_STATUSES and _QUOTA_TEXT.search(text)):
         return "quota_exhausted"
     if ev.status == 429 and _subscription_window_closed(ev.headers):
         return "quota_exhausted"
     if ev.has(_MODEL_CODES) or (soft and _MODEL_TEXT.search(text)):
         return "model_unavailable"
+    for code in ev.codes:
+        if code in _AWS_TYPES:
+            return _AWS_TYPES[code]
     if ev.has(_AUTH_CODES):
         return "auth"
     if ev.has(_RATE_CODES):

@@ -314,3 +314,15 @@ def test_a_far_recovery_falls_back_at_once(upstream):
     text, took = timed(chat, openai_client(coord, upstream, ["gpt", "mini"]))
     assert text == TEXT and took < 1.0
     assert (tries(upstream, A), tries(upstream, B)) == (1, 1)
+
+
+def test_anthropic_529_gets_its_own_short_cooldown_not_the_429_ramp(upstream):
+    upstream.set(A, "overloaded")
+    cooldown = co.CooldownPolicy(transient_threshold=1)
+    coord = coordinator(pool("claude", A, B, auth_header="x-api-key", cooldown=cooldown))
+    assert message(anthropic_client(coord, upstream, "claude")) == TEXT
+    snap = coord.pool("claude").snapshot()
+    state = snap.member("claude-1")
+    assert state.cooling_kind == "transient"
+    assert state.cooling_until == pytest.approx(snap.now + cooldown.overloaded, abs=0.5)
+    assert (tries(upstream, A), tries(upstream, B)) == (1, 1)
