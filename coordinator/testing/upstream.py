@@ -71,6 +71,8 @@ class Account:
 class UpstreamStats:
     requests: Counter[str] = field(default_factory=Counter)
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
+    #: Request paths as they arrived (with their query).
+    paths: Counter[str] = field(default_factory=Counter)
     #: Per key, the monotonic time each request arrived (before it was answered, or not).
     arrivals: dict[str, list[float]] = field(default_factory=dict)
     #: Requests that arrived at an account inside a rest window it had already announced with a 429.
@@ -222,7 +224,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"{}")
         except ValueError:
             body = {}
-        path = self.path.rstrip("/")
+        with self.server.upstream._lock:
+            self.server.upstream.stats.paths[self.path] += 1
+        path = self.path.partition("?")[0].rstrip("/")
         anthropic = path.endswith("/v1/messages")
         responses = path.endswith("/v1/responses")
         if not anthropic and not responses and not path.endswith("/chat/completions"):

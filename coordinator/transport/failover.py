@@ -115,8 +115,9 @@ class _Call:
             self._set_header(name, value)
         if member.base_url:
             base = self.lib.URL(member.base_url)
-            request.url = self.url.copy_with(scheme=base.scheme, host=base.host, port=base.port,
-                                             path=base.path.rstrip("/") + self.url.path)
+            url = self.url.copy_with(scheme=base.scheme, host=base.host, port=base.port,
+                                     path=join_paths(base.path, self.url.path))
+            request.url = url.copy_merge_params(base.params) if base.query else url
             self._set_header("host", base.netloc.decode("ascii"))
         if self.body is not None and member.model:
             content = _with_model(self.body, member.model, request.headers)
@@ -237,6 +238,21 @@ class _Call:
         response = self.finish(response)
         response.extensions["coordinator"]["error"] = str(error)
         return response
+
+
+def join_paths(base: str, path: str) -> str:
+    """A member's ``base_url`` path in front of the SDK's request path, without repeating the part they
+    share: the longest tail of ``base`` that ``path`` starts with is written once. So ``/v1`` and
+    ``/v1/chat/completions`` give ``/v1/chat/completions``, ``/openai/v1`` and ``/v1/chat/completions``
+    give ``/openai/v1/chat/completions``, ``/api`` and ``/v1/messages`` give ``/api/v1/messages``."""
+    head = [part for part in base.split("/") if part]
+    tail = [part for part in path.split("/") if part]
+    for overlap in range(min(len(head), len(tail)), 0, -1):
+        if head[-overlap:] == tail[:overlap]:
+            tail = tail[overlap:]
+            break
+    joined = "/" + "/".join(head + tail)
+    return joined + "/" if path.endswith("/") and not joined.endswith("/") else joined
 
 
 def _asks_for_stream(body: bytes | None) -> bool:

@@ -326,3 +326,18 @@ def test_anthropic_529_gets_its_own_short_cooldown_not_the_429_ramp(upstream):
     assert state.cooling_kind == "transient"
     assert state.cooling_until == pytest.approx(snap.now + cooldown.overloaded, abs=0.5)
     assert (tries(upstream, A), tries(upstream, B)) == (1, 1)
+
+
+# -- member URLs ----------------------------------------------------------------------------------------
+
+
+def test_a_member_base_url_ending_in_the_sdks_path_does_not_repeat_it(upstream):
+    members = [co.Member(id="a", api_key=A, base_url=upstream.url + "/v1"),
+               co.Member(id="b", api_key=B, base_url=upstream.url + "/openai/v1?api-version=2024-10-21")]
+    coord = coordinator(co.PoolConfig(name="gpt", members=members))
+    client = openai_client(coord, upstream, "gpt")
+    assert chat(client) == TEXT
+    coord.pool("gpt").park("a")
+    assert chat(client) == TEXT
+    assert upstream.stats.paths == {"/v1/chat/completions": 1,
+                                    "/openai/v1/chat/completions?api-version=2024-10-21": 1}

@@ -158,3 +158,17 @@ def test_detect_format_by_path() -> None:
     assert detect_format("/v1/responses") == "responses"
     assert detect_format("/v1/messages") == "messages"
     assert detect_format("/v1/embeddings") is None
+
+
+@pytest.mark.parametrize(("base", "path", "joined"), [
+    ("/v1", "/v1/chat/completions", "/v1/chat/completions"),  # OpenAI: member https://api.openai.com/v1
+    ("", "/v1/chat/completions", "/v1/chat/completions"),  # member https://api.openai.com
+    ("/v1/", "/v1/messages", "/v1/messages"),  # Anthropic: member https://api.anthropic.com/v1/
+    ("/openai/v1", "/v1/chat/completions", "/openai/v1/chat/completions"),  # Azure OpenAI v1 API
+    ("/api", "/v1/chat/completions", "/api/v1/chat/completions"),  # an OpenAI-compatible server under /api
+    ("/proxy/v1/x", "/v1/chat/completions", "/proxy/v1/x/v1/chat/completions"),  # only a tail overlaps
+])
+def test_member_base_path_joins_the_sdk_path_without_repeating_it(base: str, path: str, joined: str) -> None:
+    from coordinator.transport.failover import join_paths
+
+    assert join_paths(base, path) == joined
