@@ -5,6 +5,8 @@
 -- ARGV[7]  lease id: random string, becomes the probe lease if this caller is granted a probe
 -- ARGV[8]  probe lease time to live, ms (priority strategy)
 -- ARGV[9]  failback_after, ms: how long a lower member must have been out of cooldown before a probe
+-- ARGV[10] "1": an exhausted pool recovers through one probe (the caller can use another pool of its
+--          chain meanwhile); absent or "": through the first acquire, as before
 --
 -- Writes only on a transition (pointer moved, exhausted, recovered), a granted probe lease, or the
 -- round-robin cursor. Reply (JSON): common fields plus
@@ -12,6 +14,8 @@
 --   degraded    true when the pool is exhausted and `member` is the soonest to recover
 --   retry_at    ms when `member` recovers (degraded), else -1
 --   lease       probe lease id when this caller holds the pool's half-open probe, else ""
+--   probing     true when the pool is exhausted but a member is back and another caller probes it;
+--               `member` is that member, `degraded` is true, `retry_at` when to ask again
 --   transitioned true when this call made a transition
 --   valid_until  ms until which this decision holds unless a write (and its change notice) intervenes:
 --                the worker may serve later acquires from it locally; 0 means ask again every time
@@ -26,10 +30,28 @@ local S, err = load()
 if not S then return err end
 settle_pointer(S)
 local lease_id, probe_ttl, failback_after = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+local gated = ARGV[10] == '1'
 local transitioned = false
+local member, degraded, retry_at, lease, probing = '', false, -1, '', false
 
+-- Chain recovery (docs/design.md, "Timeouts and streams"): the pool stays exhausted while one caller,
+-- fleet-wide, sends one real request to the member that is back; its success writes `recovered`
+-- (report_success.lua), its failure cools the member again, escalated (report_failure.lua).
+if gated and S.exhausted and S.strategy ~= 'round_robin' and any_available(S) then
+  local to = S.active
+  if not available(S, to) then to = successor(S) or scan_from(S, 1) end
+  local expires = tonumber(string.match(S.probe, '|(%d+)$')) or 0
+  if expires <= S.now then
+    S.probe = to .. '|' .. lease_id .. '|' .. (S.now + probe_ttl)
+    S.set.probe = S.probe
+    S.changed = true
+    member, lease = to, lease_id
+  else
+    member, degraded, probing = to, true, true
+    retry_at = math.min(expires, S.now + 1000)
+  end
 -- Leave an exhausted episode as soon as anything can serve again.
-if S.exhausted and any_available(S) then
+elseif S.exhausted and any_available(S) then
   set_exhausted(S, false)
   local to = S.active
   if S.strategy ~= 'round_robin' and not available(S, S.active) then
@@ -40,9 +62,9 @@ if S.exhausted and any_available(S) then
   transitioned = true
 end
 
-local member, degraded, retry_at, lease = '', false, -1, ''
-
-if not any_available(S) then
+if member ~= '' then
+  -- a probe granted or held above: nothing more to choose
+elseif not any_available(S) then
   if exhaust(S, {member = S.active}) then transitioned = true end
   local id, t = soonest(S)
   if t ~= math.huge then
@@ -128,7 +150,7 @@ for _, id in ipairs(S.ids) do
 end
 
 commit(S)
-local out = {member = member, degraded = degraded, retry_at = retry_at, lease = lease,
+local out = {member = member, degraded = degraded, retry_at = retry_at, lease = lease, probing = probing,
              transitioned = transitioned, valid_until = valid_until,
              rotation = table.concat(rotation, ','), dirty = table.concat(dirty, ',')}
 if #states > 0 then out.states = states end

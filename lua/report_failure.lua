@@ -45,7 +45,9 @@ if tok_epoch ~= S.epoch then
   return finish()
 end
 
-release_probe(S, lease)
+-- A failed probe (half-open or recovery) cools the member again at once, escalated: it was the one
+-- request the fleet allowed it.
+if release_probe(S, lease) then threshold = 1 end
 
 if kind == 'model_unavailable' then
   local d = cooldown_ms(base, multiplier, 0, hint, min_ms, max_ms)

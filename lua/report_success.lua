@@ -8,7 +8,8 @@
 --
 -- Resets the member's consecutive failure and ejection counts (so its next cooldown starts from the
 -- base again); writes nothing when there is nothing to reset. A success under the pool's half-open
--- probe lease moves the pointer back to that lower member: one `failback` event.
+-- probe lease moves the pointer back to that lower member: one `failback` event; under the recovery
+-- probe of an exhausted pool it ends the episode: one `recovered` event.
 -- Reply (JSON): common fields plus
 --   reset        true when counters were reset
 --   transitioned true when this call made the failback
@@ -29,7 +30,13 @@ if m.failures > 0 or m.ejections > 0 then
 end
 
 if release_probe(S, lease) then
-  if tok_epoch == S.epoch and S.strategy == 'priority' and available(S, id)
+  if tok_epoch == S.epoch and S.exhausted and available(S, id) then
+    -- The probe of an exhausted pool served: the pool is back, for the whole fleet at once.
+    set_exhausted(S, false)
+    if not available(S, S.active) then set_active(S, id) end
+    emit(S, 'recovered', {to = S.active, member = id})
+    out.transitioned = true
+  elseif tok_epoch == S.epoch and S.strategy == 'priority' and available(S, id)
       and S.pos[id] < S.pos[S.active] then
     local from = S.active
     set_active(S, id)

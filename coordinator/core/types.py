@@ -19,8 +19,11 @@ class Selection:
     degraded: bool = False
     #: When the pool is exhausted: when ``member`` recovers (unix seconds).
     retry_at: float | None = None
-    #: Non-empty when this caller holds the pool's half-open probe lease (priority strategy).
+    #: Non-empty when this caller holds the pool's probe lease: the half-open probe of the priority
+    #: strategy, or the recovery probe of an exhausted pool.
     lease: str = ""
+    #: The pool is exhausted, a member is back, and another caller holds its recovery probe (degraded).
+    probing: bool = False
     #: True when this very acquire made a transition (e.g. ``recovered``).
     transitioned: bool = False
     events: tuple[str, ...] = ()

@@ -264,6 +264,11 @@ class CallPlan:
                         # Every member was tried; the ones still available failed transiently.
                         return _PassEnd("failed")
                     near = None if retry_at is None else max(0.0, retry_at - snap.now)
+                    if sel.probing and self._has_next_pool(pool):
+                        # Another worker probes the member that is back; the chain serves meanwhile.
+                        self._note(pool.name, "recovering: another worker is probing it")
+                        return _PassEnd("wait", delay=near or 0.0) if pool.on_exhausted == "wait" \
+                            else _PassEnd("failed")
                     if near is not None and pool.on_exhausted != "fail" and self._has_next_pool(pool) \
                             and waited + near <= pool.wait_for_recovery and near < self._remaining():
                         # A near recovery beats a model fallback: wait for this pool, then a new pass.
@@ -336,7 +341,9 @@ class CallPlan:
             backoff: float | None = None
             # A member that did not answer in time is not asked again: a silent route stays silent.
             retry = failure.kind == "transient" and not failure.timeout
-            if retry and attempt < allowed and not (report is not None and report.cooled):
+            # Nor is one that is cooling now, whoever cooled it: the fleet has benched it.
+            benched = report is not None and (report.cooled or report.cooling_until is not None)
+            if retry and attempt < allowed and not benched:
                 backoff = self._backoff(pool, attempt, failure)
             if backoff is not None:
                 next_step: NextStep = "retry"

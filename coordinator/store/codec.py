@@ -178,9 +178,9 @@ class PoolCodec:
         """A selection decided without Redis from the view, or None: run ``acquire()``."""
         return self.view.selection(self.clock())
 
-    def acquire(self) -> Op[Selection]:
+    def acquire(self, recovery_probe: bool = False) -> Op[Selection]:
         cfg = self.config
-        args = [_nonce(), _ms(cfg.probe_timeout), _ms(cfg.failback_after)]
+        args = [_nonce(), _ms(cfg.probe_timeout), _ms(cfg.failback_after), "1" if recovery_probe else ""]
         return Op("acquire", self._keys, args, self._parse_acquire)
 
     def _parse_acquire(self, data: dict[str, Any]) -> Selection:
@@ -200,6 +200,7 @@ class PoolCodec:
             degraded=bool(data.get("degraded")),
             retry_at=float(retry_at) / 1000.0 if retry_at and retry_at > 0 else None,
             lease=data.get("lease") or "",
+            probing=bool(data.get("probing")),
             transitioned=bool(data.get("transitioned")),
             events=_events(data),
             now=float(data.get("now", 0)) / 1000.0,

@@ -32,10 +32,14 @@ class AsyncPool:
     async def _run(self, op: Op[T]) -> T:
         return await self._store.run(self._codec, op)
 
-    async def acquire(self) -> Selection:
+    async def acquire(self, *, recovery_probe: bool = False) -> Selection:
+        """The member to use. With ``recovery_probe``, an exhausted pool whose member is back hands that
+        member to one caller fleet-wide (its probe, ``selection.probe``) and a degraded selection with
+        ``probing`` to the others until the probe served (``coord.call`` asks so: its chain has other
+        pools to use meanwhile)."""
         self._start_listener()
         local = self._codec.local_acquire()
-        return local if local is not None else await self._run(self._codec.acquire())
+        return local if local is not None else await self._run(self._codec.acquire(recovery_probe))
 
     async def report_failure(self, selection: Selection, kind: str, retry_after: float | None = None) -> FailureResult:
         return await self._run(self._codec.report_failure(selection, kind, retry_after))

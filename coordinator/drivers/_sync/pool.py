@@ -33,10 +33,14 @@ class Pool:
     def _run(self, op: Op[T]) -> T:
         return self._store.run(self._codec, op)
 
-    def acquire(self) -> Selection:
+    def acquire(self, *, recovery_probe: bool = False) -> Selection:
+        """The member to use. With ``recovery_probe``, an exhausted pool whose member is back hands that
+        member to one caller fleet-wide (its probe, ``selection.probe``) and a degraded selection with
+        ``probing`` to the others until the probe served (``coord.call`` asks so: its chain has other
+        pools to use meanwhile)."""
         self._start_listener()
         local = self._codec.local_acquire()
-        return local if local is not None else self._run(self._codec.acquire())
+        return local if local is not None else self._run(self._codec.acquire(recovery_probe))
 
     def report_failure(self, selection: Selection, kind: str, retry_after: float | None = None) -> FailureResult:
         return self._run(self._codec.report_failure(selection, kind, retry_after))
