@@ -14,11 +14,15 @@ Rules, in the order a call meets them:
   cools the member) and the next member is tried at once; ``model_unavailable`` skips the whole pool.
 - ``transient`` retries the same member with full-jitter backoff up to ``attempts_per_member``,
   reporting every failed attempt (the store counts consecutive failures fleet-wide and cools the
-  member at its threshold), then moves on.
-- ``request``, ``content_policy`` and ``context_length`` re-raise the caller's own exception object
-  and touch no state; cancellation is never caught at all.
+  member at its threshold), then moves on. A timeout (``Failure.timeout``) is reported but never
+  retried on the same member, nor is a member the fleet has cooled meanwhile.
+- ``context_length`` moves to the next pool of the chain, touching no state; on the last pool it,
+  ``request`` and ``content_policy`` re-raise the caller's own exception object unchanged;
+  cancellation is never caught at all.
 - A pool that can offer no untried member follows its ``on_exhausted`` policy; a chain tries its next
-  pool first and waits (for "wait" pools) only when no pool of the chain served.
+  pool first and waits (for "wait" pools) only when no pool of the chain served. Two exceptions: a
+  pool whose soonest recovery is within ``wait_for_recovery`` is waited for before the chain moves on,
+  and a pool whose recovery probe another worker holds (``Selection.probing``) is left to the chain.
 """
 
 from __future__ import annotations

@@ -249,7 +249,7 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour == "slow_headers" and upstream.pause(account.delay):
             return
         if responses:
-            events = _responses_stream(model)
+            events = _responses_stream(model, upstream.pieces)
             fault = behaviour if behaviour in _STREAM_FAULTS else ""
             self._send_sse(events, fault=fault, at=account.events, delay=account.delay)
             return
@@ -321,10 +321,9 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11},
         }
 
-    @staticmethod
-    def _openai_stream(model: str) -> list[tuple[str | None, str]]:
+    def _openai_stream(self, model: str) -> list[tuple[str | None, str]]:
         chunks: list[tuple[str | None, str]] = []
-        for piece in ["Hello", " from", " the", " fake", " upstream."]:
+        for piece in _pieces(self.server.upstream.pieces):
             chunks.append((None, json.dumps({
                 "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": model, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
@@ -345,8 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": {"input_tokens": 5, "output_tokens": 6},
         }
 
-    @staticmethod
-    def _anthropic_stream(model: str) -> list[tuple[str | None, str]]:
+    def _anthropic_stream(self, model: str) -> list[tuple[str | None, str]]:
         start = {"type": "message_start", "message": {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
@@ -355,7 +353,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("content_block_start", json.dumps({"type": "content_block_start", "index": 0,
                                                 "content_block": {"type": "text", "text": ""}})),
         ]
-        for piece in ["Hello", " from", " the", " fake", " upstream."]:
+        for piece in _pieces(self.server.upstream.pieces):
             events.append(("content_block_delta", json.dumps({
                 "type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})))
         events += [
@@ -368,18 +366,26 @@ class _Handler(BaseHTTPRequestHandler):
         return events
 
 
+#: The text a stream sends, one piece per content event; ``FakeUpstream(pieces=N)`` makes it N tokens.
+_PIECES = ("Hello", " from", " the", " fake", " upstream.")
+
+
+def _pieces(count: int | None) -> list[str]:
+    return list(_PIECES) if count is None else [f" t{i}" for i in range(count)]
+
+
 def _has_content(name: str | None, data: str) -> bool:
     return name in ("content_block_delta", "response.output_text.delta") or '"content": "' in data
 
 
-def _responses_stream(model: str) -> list[tuple[str | None, str]]:
+def _responses_stream(model: str, pieces: int | None) -> list[tuple[str | None, str]]:
     """OpenAI Responses API events, as ``client.responses.create(stream=True)`` reads them."""
     response = {"id": "resp_fake", "object": "response", "created_at": int(time.time()), "model": model,
                 "status": "in_progress", "output": []}
     events: list[tuple[str | None, str]] = [
         ("response.created", json.dumps({"type": "response.created", "sequence_number": 0, "response": response})),
     ]
-    for i, piece in enumerate(["Hello", " from", " the", " fake", " upstream."]):
+    for i, piece in enumerate(_pieces(pieces)):
         events.append(("response.output_text.delta", json.dumps({
             "type": "response.output_text.delta", "sequence_number": i + 1, "item_id": "msg_fake",
             "output_index": 0, "content_index": 0, "delta": piece, "logprobs": []})))
@@ -393,12 +399,17 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     upstream: FakeUpstream
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up on a silent or stalled answer closes its connection: that is the test.
+        pass
+
 
 class FakeUpstream:
     """Loopback HTTP server; use as a context manager. ``accounts`` maps API key -> behaviour."""
 
     def __init__(self, accounts: dict[str, str] | None = None, host: str = "127.0.0.1", port: int = 0,
-                 retry_after: float = 1.0) -> None:
+                 retry_after: float = 1.0, pieces: int | None = None) -> None:
+        self.pieces = pieces
         self._lock = threading.Lock()
         self._accounts: dict[str, Account] = {}
         self.default_retry_after = retry_after

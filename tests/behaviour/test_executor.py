@@ -180,7 +180,7 @@ def test_transient_below_threshold_moves_on_without_cooling(backend: Any) -> Non
     # so the executor must pick the next untried member itself.
     cfg = pool_config(3, attempts_per_member=2, cooldown=co.CooldownPolicy(transient_threshold=3))
     coord = backend.coordinator(cfg)
-    fn = Script({"k0": [httpx.ReadTimeout("timed out")]})
+    fn = Script({"k0": [httpx.RemoteProtocolError("server disconnected")]})
 
     assert call(coord, "p", fn) == "ok"
 
@@ -189,6 +189,19 @@ def test_transient_below_threshold_moves_on_without_cooling(backend: Any) -> Non
     assert snap.member("k0").available
     assert snap.member("k0").failures == 2
     assert snap.active == "k0"
+
+
+def test_a_timeout_is_not_retried_on_the_same_member_but_counted(backend: Any) -> None:
+    # A silent route stays silent: the next member at once, the silent one counted toward its cooldown.
+    cfg = pool_config(3, attempts_per_member=3, cooldown=co.CooldownPolicy(transient_threshold=3))
+    coord = backend.coordinator(cfg)
+    fn = Script({"k0": [httpx.ReadTimeout("timed out")], "k1": [httpx.ConnectTimeout("timed out")]})
+
+    assert call(coord, "p", fn) == "ok"
+
+    assert fn.calls == ["k0", "k1", "k2"]
+    snap = coord.pool("p").snapshot()
+    assert (snap.member("k0").failures, snap.member("k1").failures) == (1, 1)
 
 
 def test_backoff_is_full_jitter_within_bounds(backend: Any) -> None:
