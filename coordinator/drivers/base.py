@@ -120,7 +120,7 @@ class CoordinatorBase:
 def store_call(pools: Mapping[str, Any], action: Action) -> Callable[[], Any] | None:
     """The pool method a plan's action names, bound and ready (its result a coroutine for async pools)."""
     if isinstance(action, Acquire):
-        return lambda: pools[action.pool].acquire(recovery_probe=True)
+        return lambda: pools[action.pool].acquire(recovery_probe=action.recovery_probe)
     if isinstance(action, ReadSnapshot):
         return pools[action.pool].snapshot  # type: ignore[no-any-return]
     if isinstance(action, ReportFailure):

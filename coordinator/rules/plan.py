@@ -56,6 +56,8 @@ MIN_WAIT = 0.05
 @dataclass(frozen=True)
 class Acquire:
     pool: str
+    #: The chain has a later pool to use meanwhile: an exhausted pool recovers through one probe.
+    recovery_probe: bool = False
 
 
 @dataclass(frozen=True)
@@ -244,7 +246,7 @@ class CallPlan:
         while True:
             if self._remaining() <= 0:
                 return _PassEnd("deadline")
-            got = yield Acquire(pool.name)
+            got = yield Acquire(pool.name, recovery_probe=self._has_next_pool(pool))
             if got.error is not None:
                 if isinstance(got.error, PoolExhaustedError):
                     self._note(pool.name, "every member is parked until an operator unparks it")
