@@ -124,9 +124,15 @@ def message(client, stream=False):
 
 
 def timed(fn, *args, **kwargs):
-    started = time.monotonic()
+    """``fn``'s value and when it returned (monotonic). Times are measured from the provider's side
+    (request arrivals), so the SDK's first-call setup on a busy machine does not count."""
     value = fn(*args, **kwargs)
-    return value, time.monotonic() - started
+    return value, time.monotonic()
+
+
+def gap(upstream, first, then):
+    """Seconds between the first request for key ``first`` and the first for key ``then``."""
+    return upstream.times(then)[0] - upstream.times(first)[0]
 
 
 def tries(upstream, key):
@@ -145,12 +151,12 @@ STREAMING = pytest.mark.parametrize("stream", [False, True], ids=["unary", "stre
 def test_accepted_but_silent_member_is_asked_once_then_the_next_member_serves(upstream, is_async, stream):
     upstream.set(A, "silent")
     coord = coordinator(pool("gpt", A, B), is_async=is_async)
-    text, took = timed(chat, openai_client(coord, upstream, "gpt"), stream=stream)
+    text, done = timed(chat, openai_client(coord, upstream, "gpt"), stream=stream)
     assert text == TEXT
     assert tries(upstream, A) == 1, "a silent route stays silent: never asked twice"
     assert tries(upstream, B) == 1
-    assert 0.35 < took < 2.0, f"one first_byte limit (0.4 s), then the next member: {took:.2f}s"
-    assert upstream.times(B)[0] - upstream.times(A)[0] == pytest.approx(0.4, abs=0.3)
+    assert 0.35 < gap(upstream, A, B) < 1.5, "one first_byte limit (0.4 s), then the next member"
+    assert done - upstream.times(A)[0] < 3.0
 
 
 @MODES
@@ -158,19 +164,19 @@ def test_with_default_pool_limits_the_sdk_timeout_still_bounds_a_silent_member(u
     upstream.set(A, "silent")
     coord = coordinator(pool("gpt", A, timeouts=co.Timeouts()), pool("mini", B, timeouts=co.Timeouts()),
                         is_async=is_async)
-    text, took = timed(chat, openai_client(coord, upstream, ["gpt", "mini"], timeout=0.5))
+    text, _ = timed(chat, openai_client(coord, upstream, ["gpt", "mini"], timeout=0.5))
     assert text == TEXT
     assert (tries(upstream, A), tries(upstream, B)) == (1, 1)
-    assert took < 2.0, f"the SDK's 0.5 s, once, then the fallback pool: {took:.2f}s"
+    assert 0.45 < gap(upstream, A, B) < 1.5, "the SDK's 0.5 s, once, then the fallback pool"
     snap = run(coord.pool("gpt").snapshot())
     assert snap.member("gpt-1").failures == 1, "counted toward its transient cooldown"
 
 
 def test_slow_headers_past_first_byte_move_on_and_count_as_transient(upstream):
-    upstream.set(A, "slow_headers", delay=1.5)
+    upstream.set(A, "slow_headers", delay=4)
     coord = coordinator(pool("gpt", A, B, cooldown=co.CooldownPolicy(transient_threshold=1)))
-    text, took = timed(chat, openai_client(coord, upstream, "gpt"), stream=True)
-    assert text == TEXT and took < 1.4
+    text, _ = timed(chat, openai_client(coord, upstream, "gpt"), stream=True)
+    assert text == TEXT and gap(upstream, A, B) < 2.5, "first_byte (0.4 s), not the provider's 4 s"
     assert (tries(upstream, A), tries(upstream, B)) == (1, 1)
     snap = coord.pool("gpt").snapshot()
     assert snap.member("gpt-1").cooling_kind == "transient"
@@ -179,13 +185,13 @@ def test_slow_headers_past_first_byte_move_on_and_count_as_transient(upstream):
 
 @MODES
 def test_slow_first_token_past_first_token_fails_over_before_the_caller_has_anything(upstream, is_async):
-    upstream.set(A, "slow_first_token", delay=1.5)
+    upstream.set(A, "slow_first_token", delay=4)
     limits = co.Timeouts(first_byte=1, first_token=0.3, idle=1)
     coord = coordinator(pool("gpt", A, B, timeouts=limits), is_async=is_async)
-    text, took = timed(chat, openai_client(coord, upstream, "gpt"), stream=True)
+    text, _ = timed(chat, openai_client(coord, upstream, "gpt"), stream=True)
     assert text == TEXT, "the caller gets one whole answer, from the next member"
     assert (tries(upstream, A), tries(upstream, B)) == (1, 1)
-    assert took < 1.2
+    assert 0.25 < gap(upstream, A, B) < 2.5, "first_token (0.3 s), not the provider's 4 s"
 
 
 def test_a_call_never_runs_past_its_deadline(upstream):
@@ -209,7 +215,7 @@ def test_a_call_never_runs_past_its_deadline(upstream):
     ("no_terminal", "incomplete"),
 ])
 def test_an_openai_stream_that_breaks_after_content_raises_a_typed_error(upstream, is_async, fault, reason):
-    upstream.set(A, fault, delay=2, events=3)
+    upstream.set(A, fault, delay=4, events=3)
     coord = coordinator(pool("gpt", A, B), is_async=is_async)
     client = openai_client(coord, upstream, "gpt")
     got: list[str] = []
@@ -219,7 +225,6 @@ def test_an_openai_stream_that_breaks_after_content_raises_a_typed_error(upstrea
             if chunk.choices and chunk.choices[0].delta.content:
                 got.append(chunk.choices[0].delta.content)
 
-    started = time.monotonic()
     with pytest.raises(co.StreamInterruptedError) as info:
         if is_async:
             run(consume_async())
@@ -233,7 +238,7 @@ def test_an_openai_stream_that_breaks_after_content_raises_a_typed_error(upstrea
     assert info.value.reason == reason and info.value.member == "gpt-1"
     assert (tries(upstream, A), tries(upstream, B)) == (1, 0), "bytes the caller has are never replayed"
     if fault == "stall":
-        assert time.monotonic() - started < 1.5, "idle (0.4 s), not the provider's 2 s pause"
+        assert time.monotonic() - upstream.times(A)[0] < 2.5, "idle (0.4 s), not the provider's 4 s pause"
 
 
 @MODES
@@ -301,18 +306,18 @@ def test_a_429_with_a_short_retry_after_waits_for_the_same_model(upstream, is_as
     upstream.set(A, "first:1:rate_limited_retry_after", retry_after=1)
     coord = coordinator(pool("gpt", A, cooldown=co.CooldownPolicy(min=0.001)), pool("mini", B),
                         is_async=is_async)
-    text, took = timed(chat, openai_client(coord, upstream, ["gpt", "mini"]))
+    text, done = timed(chat, openai_client(coord, upstream, ["gpt", "mini"]))
     assert text == TEXT
     assert tries(upstream, A) == 2 and tries(upstream, B) == 0, "stayed on the model it asked for"
     assert upstream.times(A)[1] - upstream.times(A)[0] == pytest.approx(1.0, abs=0.5)
-    assert took < 2.5
+    assert done - upstream.times(A)[0] < 3.0
 
 
 def test_a_far_recovery_falls_back_at_once(upstream):
     upstream.set(A, "rate_limited_retry_after", retry_after=20)
     coord = coordinator(pool("gpt", A), pool("mini", B))
-    text, took = timed(chat, openai_client(coord, upstream, ["gpt", "mini"]))
-    assert text == TEXT and took < 1.0
+    text, _ = timed(chat, openai_client(coord, upstream, ["gpt", "mini"]))
+    assert text == TEXT and gap(upstream, A, B) < 2.0, "20 s is beyond wait_for_recovery: the fallback at once"
     assert (tries(upstream, A), tries(upstream, B)) == (1, 1)
 
 
