@@ -213,8 +213,10 @@ def cluster() -> Iterator[Observed]:
         observed.phases["up"] = time.monotonic() - started - observed.phases["build"]
         yield observed
     finally:
-        keep_logs()
-        compose("down", "--timeout", str(int(STOP_GRACE)), timeout=180, check=False)
+        try:
+            keep_logs()
+        finally:
+            compose("down", "--timeout", str(int(STOP_GRACE)), timeout=180, check=False)
         observed.phases["total"] = time.monotonic() - started
         text = observed.report()
         print(f"\ncompose cluster test observed:\n{text}")
@@ -245,10 +247,6 @@ def expected_services() -> dict[str, int]:
     spec = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
     return {name: int((svc.get("deploy") or {}).get("replicas", 1)) for name, svc in spec.items()
             if not svc.get("profiles")}
-
-
-def workers() -> list[str]:
-    return [c.name for c in containers() if c.service == "worker"]
 
 
 def last_status(names: list[str]) -> dict[str, dict[str, Any]]:
