@@ -114,6 +114,8 @@ def test_services_are_the_documented_fleet(compose: dict[str, Any]) -> None:
     cli = svcs["cli"]
     assert cli["profiles"] == ["cli"], "a one-off service: `docker compose up` must not start it"
     assert words(cli["entrypoint"]) == CLI and words(cli["command"]) == ["status"]
+    # Running the CLI must not add a container to the network: podman's DNS restarts for each one.
+    assert cli["network_mode"] == "service:redis"
     for name in ("upstream", "worker", "cli"):
         svc = svcs[name]
         assert svc["build"]["context"] == ".", name
