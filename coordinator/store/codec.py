@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 #: Event retention per pool (docs/design.md, "Events"): at most this many entries (approximately: Redis
 #: trims whole macro nodes) and none older than DEFAULT_STREAM_MAX_AGE seconds. An entry of a typical
-#: transition takes about 100 bytes of stream memory, so the count bounds a pool's stream at ~100 KB.
+#: failover entry takes about 115 bytes of stream memory, so the count bounds a pool's stream near 120 KB.
 DEFAULT_STREAM_MAXLEN = 1_000
 DEFAULT_STREAM_MAX_AGE = 7 * 86400.0
 _STREAM_ID_RE = re.compile(r"^\d+(-\d+)?$")

@@ -140,7 +140,13 @@ end
 local LAZY = {ids = true, pos = true, weights = true}
 local LAZY_STATE = {__index = function(S, k)
   if not LAZY[k] then return nil end
-  set_members(S, split_csv(rawget(S, 'members_csv')), split_csv(rawget(S, 'weights_csv')))
+  if rawget(S, 'members_csv') == nil then
+    -- Reading the membership is what costs on a large pool (Redis hands Lua every byte of it), so
+    -- the fast path reads it only here, trusting the stamp's validation of it.
+    local v = redis.call('HMGET', KEYS[1], 'members', 'weights')
+    S.members_csv, S.weights_csv = v[1] or '', v[2] or ''
+  end
+  set_members(S, split_csv(S.members_csv), split_csv(S.weights_csv))
   return rawget(S, k)
 end}
 -- On the fast path only the members the index names (and the active one) are read: every other
@@ -151,17 +157,21 @@ local DEFAULT_MEMBERS = {__index = function(t, id)
   return m
 end}
 
+-- Whether `id` is a member: the active member and the indexed ones are (the stamp vouches for them),
+-- any other id costs the membership's split.
 local function has_member(S, id)
   if type(id) ~= 'string' or id == '' then return false end
   local pos = rawget(S, 'pos')
   if pos then return pos[id] ~= nil end
-  return string.find(',' .. S.members_csv .. ',', ',' .. id .. ',', 1, true) ~= nil
+  if id == S.active or (S.fast and rawget(S.m, id) ~= nil) then return true end
+  return S.pos[id] ~= nil
 end
 
--- Position of the first member, without splitting the membership.
+-- Whether `id` is the first member, without splitting the membership (the stamp names the first).
 local function is_first(S, id)
-  local csv = S.members_csv
-  return csv == id or string.sub(csv, 1, #id + 1) == id .. ','
+  local pos = rawget(S, 'pos')
+  if pos then return pos[id] == 1 end
+  return id == S.first
 end
 
 -- Whether a member is worth indexing: anything but the default state, and a cooldown for a day after
@@ -196,16 +206,22 @@ local function nondefault_ids(S)
   return out
 end
 
--- The stamp a script writes with every state it validated: the version it wrote and the membership it
--- checked. While the stamp matches, the next call skips the membership's validation and reads only the
--- members the index names; any write by another script version (a rolling deploy) changes the version
--- and so sends the next call down the full path, which rebuilds the index.
+-- The stamp a script writes with every state it validated: "<version> <digest> <strategy> <length of
+-- members> <length of weights> <active or -> <first member>". While it matches (the lengths by
+-- HSTRLEN, O(1)), the next call skips the membership's validation, does not even read it, and reads
+-- only the members the index names; any write by another script version (a rolling deploy) moves the
+-- version and so sends the next call down the full path, which rebuilds the index.
 local function stamp(S)
-  return S.version .. ' ' .. S.digest .. ' ' .. S.strategy .. ' ' .. S.members_csv .. ' ' .. S.weights_csv
+  local ids = rawget(S, 'ids')
+  local first = ids and ids[1] or S.first
+  local mlen = rawget(S, 'members_csv') and #S.members_csv or S.mlen
+  local wlen = rawget(S, 'weights_csv') and #S.weights_csv or S.wlen
+  local active = S.active ~= '' and S.active or '-'
+  return S.version .. ' ' .. S.digest .. ' ' .. S.strategy .. ' ' .. mlen .. ' ' .. wlen .. ' ' .. active .. ' ' .. first
 end
 
-local HEADER = {'epoch', 'generation', 'version', 'created', 'strategy', 'members', 'weights', 'digest',
-                'active', 'exhausted', 'skip_until', 'rr', 'probe', 'checked', 'nondefault'}
+local HEADER = {'epoch', 'generation', 'version', 'created', 'strategy', 'digest', 'active', 'exhausted',
+                'skip_until', 'rr', 'probe', 'checked', 'nondefault'}
 
 -- Reads the members `ids` (one HMGET for many) into S.m.
 local function fetch_members(S, ids)
@@ -253,8 +269,7 @@ local function read_header(S, h)
   S.exhausted = h.exhausted == '1'
   S.probe = h.probe or ''
   S.digest = h.digest or ''
-  S.members_csv = h.members or ''
-  S.weights_csv = h.weights or ''
+  if h.members ~= nil then S.members_csv, S.weights_csv = h.members, h.weights or '' end
   S.old_checked = h.checked
   S.old_index = h.nondefault or ''
   return nil
@@ -277,14 +292,16 @@ local function load_fast()
   end
   if h.checked == nil or h.epoch == nil then return nil end
   local S = new_state()
-  if read_header(S, h) ~= nil or stamp(S) ~= h.checked then return nil end
-  if S.active ~= '' and not has_member(S, S.active) then return nil end
+  if read_header(S, h) ~= nil then return nil end
+  S.mlen = redis.call('HSTRLEN', KEYS[1], 'members')
+  S.wlen = redis.call('HSTRLEN', KEYS[1], 'weights')
+  S.first = string.match(h.checked, ' (%S+)$') or ''
+  if S.first == '' or stamp(S) ~= h.checked then return nil end
+  S.fast = true
   setmetatable(S.m, DEFAULT_MEMBERS)
   S.index = split_csv(S.old_index)
   local read = {}
-  for _, id in ipairs(S.index) do
-    if has_member(S, id) then read[#read + 1] = id end
-  end
+  for _, id in ipairs(S.index) do read[#read + 1] = id end
   if S.active ~= '' and not string.find(',' .. S.old_index .. ',', ',' .. S.active .. ',', 1, true) then
     read[#read + 1] = S.active
   end

@@ -398,8 +398,8 @@ GARBAGE_FIELDS = [
     ("skip_until", "Infinity"), ("k0:cooling_until", "-99999999999999"), ("k1:failures", "1.5"),
     ("k1:ejections", "0b1"), ("k0:parked_until", "never"), ("k0:parked_until", "-1"),
     ("epoch", ""), ("epoch", "two words"), ("epoch", "x" * 65), ("epoch", "a\nb"), ("exhausted", "yes"),
-    ("members", ""), ("members", "k0,k0,k1"), ("members", "k0,k1"), ("members", "k0,{k1},k2"),
-    ("members", "k0,k 1,k2"), ("members", "k0,k1:x,k2"), ("weights", "1,nan,1"), ("weights", "1,0,1"),
+    ("members", ""), ("members", "k0,k0,k1,k1"), ("members", "k0,k1"), ("members", "k0,{k1},k2"),
+    ("members", "k0,k 1,k2"), ("members", "k0,k1:x,k2"), ("weights", "1,nan,1"), ("weights", "1,0,10"),
     ("weights", "1,-1,1"), ("weights", "1,1001,1"), ("weights", "1,1"), ("weights", "1,0x1,1"),
     ("strategy", "random"), ("strategy", ""), ("active", "nobody"), ("active", ""),
 ]
@@ -413,6 +413,23 @@ def test_garbage_field_is_reported_untouched_and_healed_by_reset(backend: Any, f
     backend.raw.hset(state, field, value)
     word = "weights" if field == "members" and value == "k0,k1" else field
     assert_reported_and_untouched(backend, state, [word])
+    assert_healed(backend, old_epoch)
+
+
+@REDIS_AND_MEMORY
+@pytest.mark.parametrize(("field", "value"), [("members", "k0,k0,k1"), ("weights", "1,0,1")])
+def test_a_hand_edit_that_keeps_the_membership_length_is_reported_by_snapshot(backend: Any, field: str,
+                                                                               value: str) -> None:
+    # What the scripts trust (docs/design.md, "Scripts"): a stamp of the validated membership's
+    # version and lengths (HSTRLEN is O(1); reading the list is not). An edit by hand that moves no
+    # version and keeps the lengths is seen by snapshot, which always validates everything, and by
+    # every script once any write moves the version; the calls that trust the stamp do not read it.
+    pool, _, (state, _) = _prepare(backend)
+    old_epoch = pool.snapshot().epoch
+    backend.raw.hset(state, field, value)
+    fresh = backend.coordinator(pool_config(3)).pool("p")
+    with pytest.raises(co.CorruptStateError, match=field):
+        fresh.snapshot()
     assert_healed(backend, old_epoch)
 
 
