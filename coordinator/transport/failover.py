@@ -42,7 +42,7 @@ class Caller(Protocol):
 POOLS_HEADER = "x-coordinator-pools"
 #: Headers that carry the caller's placeholder credential; replaced by the member's own.
 _CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
-_DROPPED = frozenset((*_CREDENTIAL_HEADERS, POOLS_HEADER))
+_DROPPED_RAW = frozenset(name.encode("latin-1") for name in (*_CREDENTIAL_HEADERS, POOLS_HEADER))
 
 
 class NotReplayableError(Exception):
@@ -72,6 +72,8 @@ class _Call:
         self.url = self.request.url
         self.stream = self.request.stream
         self.headers = self.request.headers
+        # The caller's headers without the ones a member replaces, in one pass for all attempts.
+        self.base = [(key, value) for key, value in self.headers.raw if key.lower() not in _DROPPED_RAW]
 
     def prepare(self, member: Member) -> httpx.Request:
         """The caller's request as ``member`` sends it. The request gets a headers object of its own,
@@ -79,7 +81,8 @@ class _Call:
         puts the caller's back, so the caller never sees a member's secret in it."""
         if self.body is None and self.attempts > 0:
             raise NotReplayableError("the request body is a stream that was already sent once")
-        self.restore()
+        if self.attempts:
+            self.restore()
         pool = self.owners[id(member)]
         self.attempts += 1
         self.tried.append({"pool": pool.name, "member": member.id})
@@ -101,8 +104,8 @@ class _Call:
             if content is not self.body:
                 request.stream = self.lib.ByteStream(content)
                 extra["content-length"] = str(len(content))
-        drop = _DROPPED | extra.keys()
-        raw = [(key, value) for key, value in self.headers.raw if key.decode("latin-1").lower() not in drop]
+        replaced = {name.encode("latin-1") for name in extra}
+        raw = [(key, value) for key, value in self.base if key.lower() not in replaced]
         raw.extend((name.encode("latin-1"), value.encode("utf-8")) for name, value in extra.items())
         request.headers = self.lib.Headers(raw)
         return request
