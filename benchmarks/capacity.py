@@ -282,6 +282,19 @@ def growth(quick: bool, sizes: tuple[int, ...] = (3, 20, 200, 1000)) -> list[str
                 "report_success (nothing to reset)": lambda n: handles[n].report_success(selections[n]),
             }
             samples: dict[tuple[str, int], list[float]] = {(k, n): [] for k in kinds for n in sizes}
+            # Client side: a cold acquire against a bare GET on the same client and connection.
+            client_ns: dict[str, list[int]] = {"GET": [], **{f"acquire {n}": [] for n in sizes}}
+            coord.client.set("grow-get", "x")
+            for r in range(rounds):
+                for label in list(client_ns)[r % len(client_ns):] + list(client_ns)[:r % len(client_ns)]:
+                    n = int(label.split()[1]) if label != "GET" else 0
+                    for _ in range(per_round):
+                        t0 = time.perf_counter_ns()
+                        if n:
+                            handles[n].acquire()
+                        else:
+                            coord.client.get("grow-get")
+                        client_ns[label].append(time.perf_counter_ns() - t0)
             for r in range(rounds):
                 order = list(sizes[r % len(sizes):] + sizes[:r % len(sizes)])
                 for kind, fn in kinds.items():
@@ -296,6 +309,10 @@ def growth(quick: bool, sizes: tuple[int, ...] = (3, 20, 200, 1000)) -> list[str
         medians = {n: sorted(samples[(kind, n)])[len(samples[(kind, n)]) // 2] for n in sizes}
         cells = ", ".join(f"{n} members {medians[n]:.1f} µs" for n in sizes)
         lines.append(f"{kind}: {cells}; {sizes[-1]} / {sizes[0]} = {medians[sizes[-1]] / medians[sizes[0]]:.2f}x")
+    get = sorted(client_ns["GET"])[len(client_ns["GET"]) // 2]
+    cells = ", ".join(f"{n} members {sorted(client_ns[f'acquire {n}'])[len(client_ns[f'acquire {n}']) // 2] / get:.2f}x"
+                      for n in sizes)
+    lines.append(f"cold acquire p50 / GET p50 (client side, GET {get / 1000:.0f} µs): {cells}")
     return lines
 
 
