@@ -133,7 +133,7 @@ class Coordinator(CoordinatorBase):
         every_hook = [*self.hooks, *hooks] if hooks or self.hooks else []
         first = None
         name = first_pool(pools) if not every_hook and deadline is None and max_retries is None else None
-        if name is not None:
+        if name is not None and (isinstance(pools, str) or all(p in self._codecs for p in pools)):
             # The happy path (rules/happy.py): no plan unless the view has no answer or something fails.
             pool = self.pool(name)
             selection = pool.local_selection()
