@@ -95,7 +95,7 @@ else
     transitioned = true
   end
   member = S.active
-  if S.strategy == 'priority' then
+  if S.strategy == 'priority' and not is_first(S, S.active) then
     local expires = tonumber(string.match(S.probe, '|(%d+)$')) or 0
     if expires <= S.now then
       for i = 1, S.pos[S.active] - 1 do
@@ -127,7 +127,7 @@ if member ~= '' and not degraded and lease == '' then
         valid_until = t
       end
     end
-  elseif S.strategy == 'priority' then
+  elseif S.strategy == 'priority' and not is_first(S, S.active) then
     for i = 1, S.pos[S.active] - 1 do
       local id = S.ids[i]
       local t = math.max(ready_at(S, id), S.m[id].cooling_until + failback_after)
@@ -139,7 +139,7 @@ end
 -- Members whose state is not the default: what the worker falls back on if Redis becomes unreachable,
 -- and which successes are worth reporting.
 local dirty, states = {}, {}
-for _, id in ipairs(S.ids) do
+for _, id in ipairs(nondefault_ids(S)) do
   local m = S.m[id]
   if m.failures > 0 or m.ejections > 0 then dirty[#dirty + 1] = id end
   if m.failures > 0 or m.ejections > 0 or m.cooling_until > S.now or m.parked_until ~= nil then

@@ -16,7 +16,7 @@ local S, err = load()
 if not S then return err end
 settle_pointer(S)
 local id, duration, reason = ARGV[7], tonumber(ARGV[8]), ARGV[9]
-if S.pos[id] == nil then return redis.error_reply('COORD_UNKNOWN_MEMBER ' .. id) end
+if not has_member(S, id) then return redis.error_reply('COORD_UNKNOWN_MEMBER ' .. id) end
 
 park_member(S, id, duration, reason)
 local fields = {member = id, reason = reason, ['until'] = S.m[id].parked_until}

@@ -28,7 +28,7 @@ settle_pointer(S)
 local id, tok_epoch, tok_gen, kind = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
 local hint, base, min_ms, max_ms = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 local multiplier, threshold, lease = tonumber(ARGV[15]), tonumber(ARGV[16]), ARGV[17]
-if S.pos[id] == nil then return redis.error_reply('COORD_UNKNOWN_MEMBER ' .. id) end
+if not has_member(S, id) then return redis.error_reply('COORD_UNKNOWN_MEMBER ' .. id) end
 
 local m = S.m[id]
 local out = {member = id, kind = kind, stale = false, cooled = false, transitioned = false}

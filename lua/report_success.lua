@@ -18,7 +18,7 @@ local S, err = load()
 if not S then return err end
 settle_pointer(S)
 local id, tok_epoch, lease = ARGV[7], ARGV[8], ARGV[10]
-if S.pos[id] == nil then return redis.error_reply('COORD_UNKNOWN_MEMBER ' .. id) end
+if not has_member(S, id) then return redis.error_reply('COORD_UNKNOWN_MEMBER ' .. id) end
 local m = S.m[id]
 local out = {reset = false, transitioned = false}
 

@@ -8,7 +8,7 @@
 --   members: [{id, cooling_until, cooling_kind, failures, ejections,
 --              parked_until (ms, -1 until unparked, 0 not parked), park_reason}] in pool order
 
-local S, err = load()
+local S, err = load(true)
 if not S then
   if err == NEED_SPEC then return cjson.encode({missing = true, now = now_ms()}) end
   return err

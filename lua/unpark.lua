@@ -13,7 +13,7 @@ local S, err = load()
 if not S then return err end
 settle_pointer(S)
 local id = ARGV[7]
-if S.pos[id] == nil then return redis.error_reply('COORD_UNKNOWN_MEMBER ' .. id) end
+if not has_member(S, id) then return redis.error_reply('COORD_UNKNOWN_MEMBER ' .. id) end
 
 local m = S.m[id]
 local was_parked = m.parked_until ~= nil

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -16,8 +17,9 @@ from coordinator.rules.backoff import RandomSource
 from coordinator.rules.classify import Classifier
 from coordinator.rules.hooks import Hook
 from coordinator.rules.plan import Acquire, Action, CallPlan, Raise, ReadSnapshot, ReportFailure, ReportSuccess
-from coordinator.rules.view import DEFAULT_STALENESS
-from coordinator.store.codec import PoolCodec
+from coordinator.rules.view import DEFAULT_STALENESS, NoticeHealth
+from coordinator.store.codec import DEFAULT_STREAM_MAX_AGE, PoolCodec
+from coordinator.store.connect import is_cluster
 from coordinator.store.notices import Notice
 from coordinator.store.schema import KeySchema
 from coordinator.transport.failover import Caller, FailoverTransport
@@ -38,9 +40,16 @@ class CoordinatorBase:
         hooks: Iterable[Hook] = (),
         classifier: Classifier | None = None,
         staleness: float = DEFAULT_STALENESS,
+        stream_max_age: float | None = DEFAULT_STREAM_MAX_AGE,
     ) -> None:
         if not isinstance(staleness, int | float) or not 0 <= staleness <= 60:
             raise ConfigError(f"staleness must be between 0 and 60 seconds, not {staleness!r}")
+        if isinstance(stream_maxlen, bool) or not isinstance(stream_maxlen, int) or stream_maxlen < 1:
+            raise ConfigError(f"stream_maxlen must be a positive number of entries, not {stream_maxlen!r}")
+        if stream_max_age is not None and (isinstance(stream_max_age, bool)
+                                           or not isinstance(stream_max_age, int | float)
+                                           or not math.isfinite(stream_max_age) or stream_max_age <= 0):
+            raise ConfigError(f"stream_max_age must be a positive number of seconds or None, not {stream_max_age!r}")
         self.url = url
         #: Seconds a worker may reuse an acquire decision without asking Redis (0: never).
         self.staleness = float(staleness)
@@ -49,13 +58,34 @@ class CoordinatorBase:
         #: Tried before the built-in classification on every ``call``; None answers "don't know".
         self.classifier = classifier
         self.keys = KeySchema(RedisConfig(url=url, prefix=prefix).prefix)
+        #: Whether this coordinator's change-notice subscription is up (its views count on notices then).
+        self.notice_health = NoticeHealth()
         self._codecs: dict[str, PoolCodec] = {}
         for cfg in pools:
             if not isinstance(cfg, PoolConfig):
                 raise ConfigError(f"pools must be PoolConfig objects, got {type(cfg).__name__}")
             if cfg.name in self._codecs:
                 raise ConfigError(f"pool {cfg.name!r} is configured twice")
-            self._codecs[cfg.name] = PoolCodec(cfg, self.keys, stream_maxlen, staleness)
+            codec = PoolCodec(cfg, self.keys, stream_maxlen, staleness, stream_max_age=stream_max_age)
+            codec.view.health = self.notice_health
+            self._codecs[cfg.name] = codec
+
+    def _notice_channels(self, client: Any, legacy_notices: bool) -> tuple[list[str], bool]:
+        """Sets where this coordinator's writes publish; returns the channels to listen on and whether
+        they are sharded (docs/design.md, "Change notices").
+
+        Rolling deploy: while ``legacy_notices`` is on, every write is also published on the shared
+        channel of earlier releases, and this worker listens there alone (every writer of either
+        release publishes there). Once no worker of an earlier release is left, a second rollout with
+        ``legacy_notices=False`` moves listeners to the pools' own channels (sharded on Cluster); a
+        worker still on the shared setting goes on publishing to both, so nobody misses a notice.
+        """
+        sharded = is_cluster(client) and not legacy_notices
+        for codec in self._codecs.values():
+            codec.channels = self.keys.notice_targets(codec.name, sharded, legacy_notices)
+        if legacy_notices:
+            return [self.keys.channel], False
+        return [self.keys.pool_channel(name) for name in self._codecs], sharded
 
     def _on_notice(self, notice: Notice) -> None:
         codec = self._codecs.get(notice.pool)

@@ -7,9 +7,17 @@ only moves on a write, a priority pool may need a probe once a lower member reco
 rotation changes when a cooling member rejoins. Every write publishes a change notice with the pool's
 new ``version``; a notice or reply that shows a newer version than the decision was made at drops it,
 and a sticky pool's notice brings the new decision along.
-Whatever happens, a decision is never reused longer than ``staleness`` seconds, which also bounds the
-damage of a missed notice: at worst one request goes to a member that just cooled, and its failure
-report carries the old token, so it neither moves the pointer nor duplicates an event.
+How long a decision is reused depends on whether the worker hears the notices:
+
+- while its subscription is healthy (``NoticeHealth.ok``: subscribed, and the listener's pings come
+  back), a decision holds until a notice or reply outdates it, until its own ``valid_until``, and at
+  most ``SAFETY_STALENESS`` seconds: a healthy fleet sends Redis nothing but real changes;
+- otherwise (no listener yet, subscription lost, a coordinator without one) at most ``staleness``
+  seconds, the coordinator's parameter, which so bounds the damage of notices missed while the
+  subscription is down: at worst one request goes to a member that just cooled, and its failure
+  report carries the old token, so it neither moves the pointer nor duplicates an event.
+
+``staleness`` 0 never reuses a decision at all.
 """
 
 from __future__ import annotations
@@ -23,6 +31,17 @@ from coordinator.core.config import Member
 from coordinator.core.types import Selection
 
 DEFAULT_STALENESS = 1.0
+#: The longest a decision is reused while notices are heard: a bound for what no health check can see
+#: (a notice lost on a connection that still answers pings).
+SAFETY_STALENESS = 300.0
+
+
+class NoticeHealth:
+    """Whether the coordinator's change-notice subscription is up; shared by its pools' views and set
+    by the listener."""
+
+    def __init__(self) -> None:
+        self.ok = False
 
 
 @dataclass
@@ -35,8 +54,10 @@ class _Decision:
     rotation: tuple[Member, ...]
     #: Members whose successes must be reported (non-zero failure or ejection counts).
     dirty: frozenset[str]
-    #: Local monotonic seconds until which the decision may be reused.
+    #: Local monotonic seconds until which the decision may be reused while notices are heard.
     expires: float
+    #: Local monotonic seconds until which it may be reused when they are not (``staleness``).
+    expires_unheard: float
     #: Server time minus local monotonic time, seconds, as seen when the decision was fetched.
     clock_offset: float
     turn: Iterator[int] = field(default_factory=itertools.count)
@@ -45,10 +66,13 @@ class _Decision:
 class PoolView:
     """Reusable acquire decisions for one pool, dropped by newer versions and by age."""
 
-    def __init__(self, pool: str, members: dict[str, Member], staleness: float = DEFAULT_STALENESS) -> None:
+    def __init__(self, pool: str, members: dict[str, Member], staleness: float = DEFAULT_STALENESS,
+                 health: NoticeHealth | None = None) -> None:
         self.pool = pool
         self._members = members
         self.staleness = staleness
+        #: The subscription's health (a view without one never counts on notices).
+        self.health = health if health is not None else NoticeHealth()
         self._decision: _Decision | None = None
         #: The newest (epoch, version) any notice or reply showed.
         self._seen: tuple[str, int] = ("", -1)
@@ -82,9 +106,10 @@ class PoolView:
         else:
             rotation = (self._members[str(data["member"])],)
         dirty = frozenset(filter(None, str(data.get("dirty") or "").split(",")))
-        expires = now + min(self.staleness, (valid_until - server_now) / 1000.0)
+        holds = (valid_until - server_now) / 1000.0
         self._decision = _Decision(epoch, int(data["generation"]), version, data.get("active") or None, rotation,
-                                   dirty, expires, server_now / 1000.0 - now)
+                                   dirty, now + min(SAFETY_STALENESS, holds), now + min(self.staleness, holds),
+                                   server_now / 1000.0 - now)
 
     def observe(self, data: dict[str, Any]) -> None:
         """Any script reply: remember its version; drop a decision it shows to be outdated."""
@@ -103,7 +128,8 @@ class PoolView:
         active = getattr(hint, "active", None)
         if newer and active in self._members and self.staleness > 0 and self._offset is not None:
             self._decision = _Decision(epoch, int(hint.generation), version, active, (self._members[active],),
-                                       frozenset(hint.dirty), now + self.staleness, self._offset)
+                                       frozenset(hint.dirty), now + SAFETY_STALENESS, now + self.staleness,
+                                       self._offset)
 
     def forget(self) -> None:
         """Drop the decision (e.g. after a failure report or a lost subscription)."""
@@ -115,7 +141,7 @@ class PoolView:
         decision = self._decision
         if decision is None:
             return None
-        if now >= decision.expires:
+        if now >= (decision.expires if self.health.ok else decision.expires_unheard):
             self._decision = None
             return None
         return decision

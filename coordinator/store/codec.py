@@ -41,7 +41,11 @@ from coordinator.store.schema import KeySchema
 
 T = TypeVar("T")
 
-DEFAULT_STREAM_MAXLEN = 10_000
+#: Event retention per pool (docs/design.md, "Events"): at most this many entries (approximately: Redis
+#: trims whole macro nodes) and none older than DEFAULT_STREAM_MAX_AGE seconds. An entry of a typical
+#: failover entry takes about 115 bytes of stream memory, so the count bounds a pool's stream near 120 KB.
+DEFAULT_STREAM_MAXLEN = 1_000
+DEFAULT_STREAM_MAX_AGE = 7 * 86400.0
 _STREAM_ID_RE = re.compile(r"^\d+(-\d+)?$")
 
 
@@ -90,6 +94,7 @@ class PoolCodec:
         stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
         staleness: float = DEFAULT_STALENESS,
         clock: Callable[[], float] = time.monotonic,
+        stream_max_age: float | None = DEFAULT_STREAM_MAX_AGE,
     ):
         self.config = config
         self.name = config.name
@@ -103,7 +108,9 @@ class PoolCodec:
         }
         self.spec_json = json.dumps(spec, separators=(",", ":"), sort_keys=True)
         self.digest = hashlib.sha1(self.spec_json.encode()).hexdigest()[:16]
-        self.stream_maxlen = str(stream_maxlen)
+        self.stream_maxlen = str(stream_maxlen) if stream_max_age is None else f"{stream_maxlen} {_ms(stream_max_age)}"
+        #: The scripts' ARGV[1]: where change notices go (the coordinator sets it once it knows the client).
+        self.channels = keys.notice_targets(config.name, sharded=False, legacy=True)
         self.clock = clock
         self.view = PoolView(config.name, self._members, staleness)
 
@@ -112,7 +119,7 @@ class PoolCodec:
     def argv(self, op: Op[Any], with_spec: bool) -> list[str]:
         digest = "*" if op.script == "snapshot" else self.digest
         spec = self.spec_json if with_spec else ""
-        return [self.keys.channel, self.name, digest, spec, _nonce(), self.stream_maxlen, *op.args]
+        return [self.channels, self.name, digest, spec, _nonce(), self.stream_maxlen, *op.args]
 
     @staticmethod
     def needs_spec(data: dict[str, Any]) -> bool:

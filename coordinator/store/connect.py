@@ -166,6 +166,11 @@ def _connect(url: str, timeout: float, flavour: _Flavour) -> Any:
     return sentinel.master_for(target.service, db=target.db, **options)
 
 
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (sync or asyncio)."""
+    return isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster)
+
+
 def connect(url: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     """A sync client for the URL (see the module docstring), with ``timeout`` seconds to connect and
     to read, and no automatic retries."""

@@ -1,11 +1,20 @@
 """One change-notice subscriber per coordinator (per process), feeding every pool's local view.
 
-Every script that writes publishes ``<pool> <epoch> <generation> <version> <active> <dirty>`` on
-``<prefix>:changes``. The listener hands each notice to the pool's view, which drops a decision the
-notice outdates, or (sticky pools) takes the notice's own decision without asking Redis. If
-the subscription is lost, views fall back to their staleness bound (they never trust a decision
-longer than that anyway); the listener says so once in the log, keeps trying to resubscribe, and
-after it succeeds drops every view, since notices may have been missed meanwhile.
+Every script that writes a change some worker decides on publishes
+``<pool> <epoch> <generation> <version> <active> <dirty>`` on the pool's own channel
+``<prefix>:changes:{<pool>}`` (sharded pub/sub on Cluster, so only the pool's shard forwards it), and,
+while ``legacy_notices`` is on, on the shared ``<prefix>:changes`` that earlier releases listen on. The
+listener subscribes to the channels of this coordinator's pools only (and to the shared one while
+``legacy_notices`` is on, to hear workers of the earlier release), and hands each notice to the pool's
+view, which drops a decision the notice outdates, or (sticky pools) takes the notice's own decision
+without asking Redis.
+
+The listener keeps ``NoticeHealth.ok`` true while it is subscribed and its connection raised no error:
+then views reuse decisions until a notice says otherwise (at most ``SAFETY_STALENESS``, which also
+bounds a connection that died without an error: redis-py's pub/sub cannot reliably see a pong on a
+TLS connection, so the listener does not ping). If the subscription is lost, views fall back to their
+staleness bound; the listener says so once in the log, keeps trying to resubscribe, and after it
+succeeds drops every view, since notices may have been missed meanwhile.
 """
 
 from __future__ import annotations
@@ -14,9 +23,11 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from coordinator.rules.view import NoticeHealth
 
 _log = logging.getLogger("coordinator")
 
@@ -53,16 +64,25 @@ def parse_notice(data: Any) -> Notice | None:
 class _State:
     """What sync and async listeners share: dispatch and the lost/resumed bookkeeping."""
 
-    def __init__(self, channel: str, on_notice: Callable[[Notice], None],
-                 on_resync: Callable[[], None]) -> None:
-        self.channel = channel
+    def __init__(self, channels: Sequence[str], on_notice: Callable[[Notice], None],
+                 on_resync: Callable[[], None], sharded: bool = False,
+                 health: NoticeHealth | None = None) -> None:
+        self.channels = list(channels)
+        self.sharded = sharded
         self.on_notice = on_notice
         self.on_resync = on_resync
+        self.health = health if health is not None else NoticeHealth()
         self.lost = False
         self.subscribed = threading.Event()
 
+    @property
+    def channel(self) -> str:
+        return self.channels[0] if len(self.channels) == 1 else f"{self.channels[0]} (+{len(self.channels) - 1})"
+
     def message(self, message: Any) -> None:
-        if not message or message.get("type") != "message":
+        if not message:
+            return
+        if message.get("type") not in ("message", "smessage"):
             return
         notice = parse_notice(message.get("data"))
         if notice is not None:
@@ -74,23 +94,29 @@ class _State:
             _log.info("coordinator: change notices on %s resumed; local views re-read from Redis", self.channel)
         # Notices may have been missed before (or while) subscribing: nothing local is trusted.
         self.on_resync()
+        self.health.ok = True
         self.subscribed.set()
 
     def failed(self, exc: BaseException) -> None:
+        self.health.ok = False
         self.subscribed.clear()
         if not self.lost:
             self.lost = True
             _log.warning("coordinator: change notices on %s lost (%s); local views fall back to their "
                          "staleness bound until the subscription is back", self.channel, exc)
 
+    def stopped(self) -> None:
+        self.health.ok = False
+        self.subscribed.clear()
+
 
 class NoticeListener:
-    """A daemon thread subscribed to the channel of a sync client."""
+    """A daemon thread subscribed to the channels of a sync client."""
 
-    def __init__(self, client: Any, channel: str, on_notice: Callable[[Notice], None],
-                 on_resync: Callable[[], None]) -> None:
+    def __init__(self, client: Any, channels: Sequence[str], on_notice: Callable[[Notice], None],
+                 on_resync: Callable[[], None], sharded: bool = False, health: NoticeHealth | None = None) -> None:
         self._client = client
-        self.state = _State(channel, on_notice, on_resync)
+        self.state = _State(channels, on_notice, on_resync, sharded, health)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -104,39 +130,47 @@ class NoticeListener:
 
     def _run(self) -> None:
         delay = RETRY_MIN
+        state = self.state
         while not self._stop.is_set():
             pubsub = None
             try:
                 pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.state.channel)
-                self.state.connected()
+                if state.sharded:
+                    pubsub.ssubscribe(*state.channels)
+                    read = pubsub.get_sharded_message
+                else:
+                    pubsub.subscribe(*state.channels)
+                    read = pubsub.get_message
+                state.connected()
                 delay = RETRY_MIN
                 while not self._stop.is_set():
-                    self.state.message(pubsub.get_message(timeout=POLL))
+                    state.message(read(timeout=POLL))
             except Exception as exc:  # any failure of the subscription: fall back, retry
                 if self._stop.is_set():
                     break
-                self.state.failed(exc)
+                state.failed(exc)
                 self._stop.wait(delay)
                 delay = min(RETRY_MAX, delay * 2)
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         pubsub.close()
+        state.stopped()
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=POLL * 4)
+        self.state.stopped()
 
 
 class AsyncNoticeListener:
-    """An asyncio task subscribed to the channel of an asyncio client; started on first use."""
+    """An asyncio task subscribed to the channels of an asyncio client; started on first use."""
 
-    def __init__(self, client: Any, channel: str, on_notice: Callable[[Notice], None],
-                 on_resync: Callable[[], None]) -> None:
+    def __init__(self, client: Any, channels: Sequence[str], on_notice: Callable[[Notice], None],
+                 on_resync: Callable[[], None], sharded: bool = False, health: NoticeHealth | None = None) -> None:
         self._client = client
-        self.state = _State(channel, on_notice, on_resync)
+        self.state = _State(channels, on_notice, on_resync, sharded, health)
         self._task: asyncio.Task[None] | None = None
 
     def ensure_started(self) -> None:
@@ -145,19 +179,26 @@ class AsyncNoticeListener:
 
     async def _run(self) -> None:
         delay = RETRY_MIN
+        state = self.state
         while True:
             pubsub = None
             try:
                 pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(self.state.channel)
-                self.state.connected()
+                if state.sharded:
+                    await pubsub.ssubscribe(*state.channels)
+                    read = pubsub.get_sharded_message
+                else:
+                    await pubsub.subscribe(*state.channels)
+                    read = pubsub.get_message
+                state.connected()
                 delay = RETRY_MIN
                 while True:
-                    self.state.message(await pubsub.get_message(timeout=POLL))
+                    state.message(await read(timeout=POLL))
             except asyncio.CancelledError:
+                state.stopped()
                 raise
             except Exception as exc:
-                self.state.failed(exc)
+                state.failed(exc)
                 await asyncio.sleep(delay)
                 delay = min(RETRY_MAX, delay * 2)
             finally:
@@ -171,3 +212,4 @@ class AsyncNoticeListener:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
+        self.state.stopped()

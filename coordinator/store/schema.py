@@ -3,8 +3,12 @@
 Every key of one pool shares the hash tag ``{pool}``, so each script touches one Cluster slot::
 
     <prefix>:{<pool>}          hash    the pool's state (see README "Redis key schema")
-    <prefix>:{<pool>}:events   stream  one entry per transition, capped
-    <prefix>:changes           channel change notices "<pool> <epoch> <generation> <version>"
+    <prefix>:{<pool>}:events   stream  one entry per transition, capped by count and age
+    <prefix>:changes:{<pool>}  channel the pool's change notices
+                                       "<pool> <epoch> <generation> <version> <active> <dirty>"
+                                       (sharded pub/sub on Cluster: same hash tag, same slot)
+    <prefix>:changes           channel the same notices for every pool, for workers of releases before
+                                       per-pool channels (published while ``legacy_notices`` is on)
 """
 
 from __future__ import annotations
@@ -28,7 +32,18 @@ class KeySchema:
 
     @property
     def channel(self) -> str:
+        """The shared channel of earlier releases (every pool's notices)."""
         return f"{self.prefix}:changes"
+
+    def pool_channel(self, pool: str) -> str:
+        """The pool's own change-notice channel: only the workers that use the pool hear its notices."""
+        return f"{self.prefix}:changes:{{{pool}}}"
+
+    def notice_targets(self, pool: str, sharded: bool, legacy: bool) -> str:
+        """The scripts' ARGV[1]: the channels a write's notice goes to, space-separated; ``!`` marks a
+        sharded channel (SPUBLISH)."""
+        own = ("!" if sharded else "") + self.pool_channel(pool)
+        return f"{own} {self.channel}" if legacy else own
 
     @property
     def pool_pattern(self) -> str:

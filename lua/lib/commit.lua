@@ -20,7 +20,10 @@ end
 local function check_acl(...)
   if not redis.acl_check_cmd then return nil end
   local checks = {{'HSET', KEYS[1], 'f', 'v'}, {'HDEL', KEYS[1], 'f'}, {'XADD', KEYS[2], '*', 'f', 'v'},
-                  {'PUBLISH', ARGV[1], 'notice'}, ...}
+                  {'XTRIM', KEYS[2], 'MINID', '0'}, ...}
+  for command, channel in string.gmatch(ARGV[1], '(!?)(%S+)') do
+    checks[#checks + 1] = {command == '!' and 'SPUBLISH' or 'PUBLISH', channel, 'notice'}
+  end
   for _, c in ipairs(checks) do
     if not redis.acl_check_cmd(unpack(c)) then
       return redis.error_reply('COORD_NOPERM the Redis user may not run ' .. c[1] .. ' on ' .. c[2] ..
@@ -30,12 +33,80 @@ local function check_acl(...)
   return nil
 end
 
+-- XADD * can fail on a stream whose last id is absurdly far ahead (the id space ends), and that
+-- would be after the state hash was written. Scripts' own ids are server milliseconds. Read only by
+-- a call that appends an event.
+local function check_stream()
+  local last = redis.pcall('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if last.err then
+    return redis.error_reply('COORD_CORRUPT ' .. KEYS[2] .. ' has type ' ..
+                             redis.call('TYPE', KEYS[2]).ok .. ', expected stream')
+  end
+  if last[1] ~= nil and #(string.match(last[1][1], '^(%d+)') or '') > MAX_DIGITS then
+    return redis.error_reply('COORD_CORRUPT ' .. KEYS[2] .. ' holds an entry id far in the future')
+  end
+  return nil
+end
+
+-- Whether this write can change any worker's decision (docs/design.md, "The local view"): the pointer,
+-- an exhausted episode, an event, a skip, a probe, a park, a cooldown that a rotation or a failback
+-- waits for, or the set of members whose successes must be reported. A write that only counts (a
+-- second transient failure of a member already counted) or extends a sticky pool's cooldown of a
+-- member that is not active sends no notice: listeners' decisions stay right.
+local function decisive(S, dirty)
+  if #S.events > 0 or S.created then return true end
+  for _, f in ipairs({'active', 'exhausted', 'skip_until', 'probe', 'members', 'weights', 'strategy'}) do
+    if S.set[f] ~= nil or S.del[f] then return true end
+  end
+  for _, changes in ipairs({S.set, S.del}) do
+    for f, _ in pairs(changes) do
+      local id, suffix = string.match(f, '^(.*):([%w_]+)$')
+      if suffix == 'parked_until' then return true end
+      if suffix == 'cooling_until' and (S.strategy ~= 'sticky' or id == S.active) then return true end
+    end
+  end
+  for id, _ in pairs(dirty) do
+    if not S.dirty_before[id] then return true end
+  end
+  for id, _ in pairs(S.dirty_before) do
+    if not dirty[id] then return true end
+  end
+  return false
+end
+
+-- The derived fields every validated state carries (see lib/state.lua): the index and the stamp.
+local function derived(S)
+  local index = table.concat(nondefault_ids(S), ',')
+  local out, gone = {'checked', stamp(S)}, nil
+  if index ~= '' then
+    out[3], out[4] = 'nondefault', index
+  elseif S.old_index ~= '' then
+    gone = 'nondefault'
+  end
+  return out, gone
+end
+
 -- Writes the in-memory changes (if any), one stream entry per event, one change notice.
 -- A last check that fails writes nothing and leaves its error in S.failed, which reply() returns.
 local function commit(S)
-  if not S.changed then return end
+  if not S.changed then
+    if S.bless and not check_acl() then
+      -- A state of an older release that passed the full validation: stamped (and indexed) in place,
+      -- no version, no notice: nothing anyone decides on changed.
+      local fields, gone = derived(S)
+      if gone then redis.call('HDEL', KEYS[1], gone) end
+      redis.call('HSET', KEYS[1], unpack(fields))
+    end
+    return
+  end
   S.failed = check_acl()
   if S.failed then return end
+  if #S.events > 0 then
+    S.failed = check_stream()
+    if S.failed then return end
+  end
+  local dirty = dirty_set(S)
+  local notify = decisive(S, dirty)
   S.version = S.version + 1
   S.set.version = S.version
   S.set.generation = S.generation
@@ -44,26 +115,41 @@ local function commit(S)
     hset[#hset + 1] = f
     hset[#hset + 1] = tostring(v)
   end
+  local fields, gone = derived(S)
+  for _, v in ipairs(fields) do hset[#hset + 1] = v end
   local hdel = {}
   for f, _ in pairs(S.del) do hdel[#hdel + 1] = f end
+  if gone then hdel[#hdel + 1] = gone end
   if #hdel > 0 then redis.call('HDEL', KEYS[1], unpack(hdel)) end
   redis.call('HSET', KEYS[1], unpack(hset))
+  local maxlen, max_age = string.match(ARGV[6], '^(%d+) ?(%d*)$')
   for _, ev in ipairs(S.events) do
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', unpack(flatten_event(S, ev)))
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen or ARGV[6], '*', unpack(flatten_event(S, ev)))
   end
+  if #S.events > 0 and max_age ~= nil and max_age ~= '' then
+    -- Retention by age as well as by count: entries older than max_age go (approximately, whole
+    -- macro nodes, so cheap), whatever the count.
+    redis.call('XTRIM', KEYS[2], 'MINID', '~', tostring(math.max(0, S.now - tonumber(max_age))))
+  end
+  if not notify then return end
   -- A sticky pool's notice carries the decision itself (the active member, and the members whose
   -- successes must still be reported), so listeners switch without asking; "-" when it has none.
   local active_hint, dirty_hint = '-', '-'
   if S.strategy == 'sticky' and not S.exhausted and S.active ~= '' and available(S, S.active) then
     active_hint = S.active
-    local dirty = {}
-    for _, id in ipairs(S.ids) do
-      if S.m[id].failures > 0 or S.m[id].ejections > 0 then dirty[#dirty + 1] = id end
+    local ids = {}
+    for _, id in ipairs(nondefault_ids(S)) do
+      if dirty[id] then ids[#ids + 1] = id end
     end
-    if #dirty > 0 then dirty_hint = table.concat(dirty, ',') end
+    if #ids > 0 then dirty_hint = table.concat(ids, ',') end
   end
-  redis.call('PUBLISH', ARGV[1], ARGV[2] .. ' ' .. S.epoch .. ' ' .. S.generation .. ' ' .. S.version .. ' ' ..
-             active_hint .. ' ' .. dirty_hint)
+  local notice = ARGV[2] .. ' ' .. S.epoch .. ' ' .. S.generation .. ' ' .. S.version .. ' ' .. active_hint ..
+                 ' ' .. dirty_hint
+  -- ARGV[1] names one channel or several (the pool's own, and the shared one of older releases);
+  -- "!" before a name: a sharded channel (SPUBLISH, Cluster: only the pool's own shard forwards it).
+  for command, channel in string.gmatch(ARGV[1], '(!?)(%S+)') do
+    redis.call(command == '!' and 'SPUBLISH' or 'PUBLISH', channel, notice)
+  end
 end
 
 -- Reply common to every script; `extra` holds the script's own fields.

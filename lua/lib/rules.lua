@@ -39,6 +39,8 @@ end
 
 local function any_available(S)
   if S.skip_until > S.now then return false end
+  -- The usual answer without a scan (a scan splits the whole membership).
+  if S.active ~= '' and ready_at(S, S.active) == 0 then return true end
   return scan_from(S, 1) ~= nil
 end
 
@@ -133,7 +135,7 @@ local function settle_pointer(S)
     if S.active ~= '' then set_active(S, '') end
     return
   end
-  if S.active ~= '' and S.pos[S.active] ~= nil then return end
+  if S.active ~= '' and has_member(S, S.active) then return end
   local previous = S.active
   local id = scan_from(S, 1) or S.ids[1]
   set_active(S, id)

@@ -11,17 +11,27 @@
 --   ARGV[4]  membership spec as JSON {"strategy":..,"members":[..],"weights":[..]}, or "" when the
 --            caller hopes the stored digest matches (reply {"need_spec":true} when it does not)
 --   ARGV[5]  random nonce: the epoch of the state if this call has to create it
---   ARGV[6]  event stream cap (approximate MAXLEN, entries)
+--   ARGV[6]  event retention: "<entries>" or "<entries> <max age ms>" (approximate MAXLEN, then MINID)
 --   ARGV[7..] script-specific, see each file's header
 --
 -- All times are integer milliseconds of Redis server time (TIME). The script reads and validates the
--- whole state first, changes an in-memory copy, and writes everything at the end in `commit`, so a
+-- state first, changes an in-memory copy, and writes everything at the end in `commit`, so a
 -- corrupt state is reported before anything is written (Redis has no rollback).
+--
+-- What a call reads does not grow with the pool (docs/design.md, "Scripts"): the header fields, then
+-- only the members the index field `nondefault` names plus the active one. The membership (members,
+-- weights, strategy) is validated in full only when the stamp field `checked` (written with every
+-- state a script validated: "<version> <digest> <strategy> <members> <weights>") does not match it: a
+-- new digest, a state of an older release, a write by another release (its version moved on), or a
+-- hand edit. What the fast path trusts is what scripts wrote: a member outside the index is in its
+-- default state, and a hand edit of such a member's fields (which moves no version) is seen by
+-- snapshot, which always takes the full path, not by the calls that trust the index.
 --
 -- Hash fields (human-readable on purpose, see README "Redis key schema"):
 --   epoch generation version created strategy members weights digest active exhausted skip_until
 --   rr probe, and per member <id>:cooling_until <id>:cooling_kind <id>:failures <id>:ejections
---   <id>:parked_until (ms or "forever") <id>:park_reason
+--   <id>:parked_until (ms or "forever") <id>:park_reason; checked, nondefault (see above: derived
+--   data, rebuilt from the rest by the full path, never read by older releases)
 
 local FOREVER = 'forever'
 local STRATEGIES = {sticky = true, priority = true, round_robin = true}
@@ -81,27 +91,38 @@ local function split_csv(s)
   return out
 end
 
+local MEMBER_SUFFIXES = {':cooling_until', ':failures', ':ejections', ':parked_until', ':park_reason',
+                         ':cooling_kind'}
+
+local function default_member()
+  return {cooling_until = 0, failures = 0, ejections = 0, park_reason = '', cooling_kind = ''}
+end
+
+-- Reads member `id` from the field map `h` into S.m. A field that is not readable leaves the default in
+-- its place and returns the problem: nothing is written once S.problem is set (see commit).
 local function read_member(S, h, id)
-  local m = {}
+  local m = default_member()
+  S.m[id] = m
   m.cooling_until = int_field(h, id .. ':cooling_until', 0)
   m.failures = int_field(h, id .. ':failures', 0)
   m.ejections = int_field(h, id .. ':ejections', 0)
-  if m.cooling_until == nil then return 'field ' .. id .. ':cooling_until is not an integer' end
-  if m.failures == nil then return 'field ' .. id .. ':failures is not an integer' end
-  if m.ejections == nil then return 'field ' .. id .. ':ejections is not an integer' end
+  local problem = nil
+  if m.cooling_until == nil then problem = 'field ' .. id .. ':cooling_until is not an integer' end
+  if m.failures == nil then problem = problem or 'field ' .. id .. ':failures is not an integer' end
+  if m.ejections == nil then problem = problem or 'field ' .. id .. ':ejections is not an integer' end
+  m.cooling_until, m.failures, m.ejections = m.cooling_until or 0, m.failures or 0, m.ejections or 0
   local parked = h[id .. ':parked_until']
-  if parked == nil then
-    m.parked_until = nil
-  elseif parked == FOREVER then
+  if parked == FOREVER then
     m.parked_until = math.huge
-  else
+  elseif parked ~= nil then
     m.parked_until = int_field(h, id .. ':parked_until', nil)
-    if m.parked_until == nil then return 'field ' .. id .. ':parked_until is neither an integer nor "forever"' end
+    if m.parked_until == nil then
+      problem = problem or ('field ' .. id .. ':parked_until is neither an integer nor "forever"')
+    end
   end
   m.park_reason = h[id .. ':park_reason'] or ''
   m.cooling_kind = h[id .. ':cooling_kind'] or ''
-  S.m[id] = m
-  return nil
+  return problem
 end
 
 local function set_members(S, ids, weights)
@@ -114,72 +135,246 @@ local function set_members(S, ids, weights)
   end
 end
 
+-- The fast path (docs/design.md, "Scripts"): S.ids, S.pos and S.weights cost a split of the whole
+-- membership, so they are built only when a call first needs them (a scan, a rotation, a snapshot).
+local LAZY = {ids = true, pos = true, weights = true}
+local LAZY_STATE = {__index = function(S, k)
+  if not LAZY[k] then return nil end
+  if rawget(S, 'members_csv') == nil then
+    -- Reading the membership is what costs on a large pool (Redis hands Lua every byte of it), so
+    -- the fast path reads it only here, trusting the stamp's validation of it.
+    local v = redis.call('HMGET', KEYS[1], 'members', 'weights')
+    S.members_csv, S.weights_csv = v[1] or '', v[2] or ''
+  end
+  set_members(S, split_csv(S.members_csv), split_csv(S.weights_csv))
+  return rawget(S, k)
+end}
+-- On the fast path only the members the index names (and the active one) are read: every other
+-- member is in its default state, by the index's definition.
+local DEFAULT_MEMBERS = {__index = function(t, id)
+  local m = default_member()
+  rawset(t, id, m)
+  return m
+end}
 
+-- Whether `id` is a member: the active member and the indexed ones are (the stamp vouches for them),
+-- any other id costs the membership's split.
+local function has_member(S, id)
+  if type(id) ~= 'string' or id == '' then return false end
+  local pos = rawget(S, 'pos')
+  if pos then return pos[id] ~= nil end
+  if id == S.active or (S.fast and rawget(S.m, id) ~= nil) then return true end
+  return S.pos[id] ~= nil
+end
 
--- Loads and validates the pool. Returns S, or nil plus a reply to send back unchanged.
-local function load()
-  -- One call per key; only a key of the wrong type costs a TYPE, to say which type it has.
+-- Whether `id` is the first member, without splitting the membership (the stamp names the first).
+local function is_first(S, id)
+  local pos = rawget(S, 'pos')
+  if pos then return pos[id] == 1 end
+  return id == S.first
+end
+
+-- Whether a member is worth indexing: anything but the default state, and a cooldown for a day after
+-- it ended (a priority pool's failback waits `failback_after` past the end of a cooldown).
+local INDEX_KEEP_MS = 86400000
+local function nondefault(S, m)
+  return m.failures > 0 or m.ejections > 0 or m.parked_until ~= nil or
+         (m.cooling_until > 0 and m.cooling_until + INDEX_KEEP_MS > S.now)
+end
+
+-- The members not in their default state, from the members this call read (the index, the active
+-- member, those it changed); in pool order when the membership was split, else in index order.
+local function nondefault_ids(S)
+  local out = {}
+  local ids = rawget(S, 'ids')
+  if ids then
+    for _, id in ipairs(ids) do
+      local m = rawget(S.m, id)
+      if m and nondefault(S, m) then out[#out + 1] = id end
+    end
+    return out
+  end
+  local seen = {}
+  for _, id in ipairs(S.index) do
+    local m = rawget(S.m, id)
+    if m and not seen[id] and nondefault(S, m) then out[#out + 1] = id end
+    seen[id] = true
+  end
+  for id, m in pairs(S.m) do
+    if not seen[id] and nondefault(S, m) then out[#out + 1] = id end
+  end
+  return out
+end
+
+-- The stamp a script writes with every state it validated: "<version> <digest> <strategy> <length of
+-- members> <length of weights> <active or -> <first member>". While it matches (the lengths by
+-- HSTRLEN, O(1)), the next call skips the membership's validation, does not even read it, and reads
+-- only the members the index names; any write by another script version (a rolling deploy) moves the
+-- version and so sends the next call down the full path, which rebuilds the index.
+local function stamp(S)
+  local ids = rawget(S, 'ids')
+  local first = ids and ids[1] or S.first
+  local mlen = rawget(S, 'members_csv') and #S.members_csv or S.mlen
+  local wlen = rawget(S, 'weights_csv') and #S.weights_csv or S.wlen
+  local active = S.active ~= '' and S.active or '-'
+  return S.version .. ' ' .. S.digest .. ' ' .. S.strategy .. ' ' .. mlen .. ' ' .. wlen .. ' ' .. active .. ' ' .. first
+end
+
+local HEADER = {'epoch', 'generation', 'version', 'created', 'strategy', 'digest', 'active', 'exhausted',
+                'skip_until', 'rr', 'probe', 'checked', 'nondefault'}
+
+-- Reads the members `ids` (one HMGET for many) into S.m.
+local function fetch_members(S, ids)
+  local fields = {}
+  for _, id in ipairs(ids) do
+    for _, suffix in ipairs(MEMBER_SUFFIXES) do fields[#fields + 1] = id .. suffix end
+  end
+  local h = {}
+  for first = 1, #fields, 600 do
+    local chunk = {unpack(fields, first, math.min(first + 599, #fields))}
+    local values = redis.call('HMGET', KEYS[1], unpack(chunk))
+    for i, f in ipairs(chunk) do
+      if values[i] then h[f] = values[i] end
+    end
+  end
+  for _, id in ipairs(ids) do
+    local problem = read_member(S, h, id)
+    if problem then S.problem = S.problem or problem end
+  end
+end
+
+-- The header fields every call validates (a handful of fields, whatever the pool's size).
+local function read_header(S, h)
+  if h.epoch == nil or h.epoch == '' then return 'has no epoch' end
+  -- The epoch travels in change notices "<pool> <epoch> <generation> <version>" and in tokens.
+  if #h.epoch > 64 or not string.match(h.epoch, '^[%w%._:%-]+$') then return 'field epoch is not a valid epoch' end
+  S.epoch = h.epoch
+  S.generation = int_field(h, 'generation', nil)
+  S.version = int_field(h, 'version', nil)
+  S.rr = int_field(h, 'rr', 0)
+  S.skip_until = int_field(h, 'skip_until', 0)
+  S.created_at = int_field(h, 'created', 0)
+  if S.generation == nil then return 'field generation is not an integer' end
+  if S.version == nil then return 'field version is not an integer' end
+  if S.rr == nil then return 'field rr is not an integer' end
+  if S.skip_until == nil then return 'field skip_until is not an integer' end
+  if S.created_at == nil then return 'field created is not an integer' end
+  S.strategy = h.strategy
+  if not STRATEGIES[S.strategy or ''] then return 'field strategy is not a known strategy' end
+  S.active = h.active or ''
+  if S.strategy ~= 'round_robin' and S.active == '' then return 'field active is empty' end
+  if h.exhausted ~= nil and h.exhausted ~= '0' and h.exhausted ~= '1' then
+    return 'field exhausted is neither 0 nor 1'
+  end
+  S.exhausted = h.exhausted == '1'
+  S.probe = h.probe or ''
+  S.digest = h.digest or ''
+  if h.members ~= nil then S.members_csv, S.weights_csv = h.members, h.weights or '' end
+  S.old_checked = h.checked
+  S.old_index = h.nondefault or ''
+  return nil
+end
+
+local function new_state()
+  local S = {now = now_ms(), set = {}, del = {}, events = {}, changed = false, created = false, m = {}, index = {}}
+  setmetatable(S, LAZY_STATE)
+  return S
+end
+
+-- The common path: the header and the members the index names, when the stamp vouches for the rest.
+-- Returns S; nil to take the full path; or nil and the reply for a member field that is not readable.
+local function load_fast()
+  local ok, values = pcall(redis.call, 'HMGET', KEYS[1], unpack(HEADER))
+  if not ok then return nil end
+  local h = {}
+  for i, f in ipairs(HEADER) do
+    if values[i] then h[f] = values[i] end
+  end
+  if h.checked == nil or h.epoch == nil then return nil end
+  local S = new_state()
+  if read_header(S, h) ~= nil then return nil end
+  S.mlen = redis.call('HSTRLEN', KEYS[1], 'members')
+  S.wlen = redis.call('HSTRLEN', KEYS[1], 'weights')
+  S.first = string.match(h.checked, ' (%S+)$') or ''
+  if S.first == '' or stamp(S) ~= h.checked then return nil end
+  S.fast = true
+  setmetatable(S.m, DEFAULT_MEMBERS)
+  S.index = split_csv(S.old_index)
+  local read = {}
+  for _, id in ipairs(S.index) do read[#read + 1] = id end
+  if S.active ~= '' and not string.find(',' .. S.old_index .. ',', ',' .. S.active .. ',', 1, true) then
+    read[#read + 1] = S.active
+  end
+  fetch_members(S, read)
+  if S.problem then return nil, corrupt(S.problem) end
+  return S
+end
+
+-- Loads and validates the pool. Returns S, or nil plus a reply to send back unchanged. `full` reads
+-- and validates every member whatever the stamp says (snapshot: an operator's view is the whole truth).
+-- Members whose successes must be reported (non-zero failure or ejection counts), as a set.
+local function dirty_set(S)
+  local out = {}
+  for _, id in ipairs(nondefault_ids(S)) do
+    local m = S.m[id]
+    if m.failures > 0 or m.ejections > 0 then out[id] = true end
+  end
+  return out
+end
+
+local load_state
+local function load(full)
+  local S, err = load_state(full)
+  if S then S.dirty_before = dirty_set(S) end
+  return S, err
+end
+
+function load_state(full)
+  local spec_json = ARGV[4]
+  local digest = ARGV[3]
+  if not full and (digest == '*' or spec_json == '') then
+    local S, err = load_fast()
+    if err then return nil, err end
+    if S then
+      if digest ~= '*' and S.digest ~= digest then return nil, NEED_SPEC end
+      return S, nil
+    end
+  end
+  -- The full path: one call per key; only a key of the wrong type costs a TYPE, to say which type it has.
   local flat = redis.pcall('HGETALL', KEYS[1])
   if flat.err then
     return nil, corrupt('has type ' .. redis.call('TYPE', KEYS[1]).ok .. ', expected hash')
   end
-  -- XADD * can fail on a stream whose last id is absurdly far ahead (the id space ends), and that
-  -- would be after the state hash was written. Scripts' own ids are server milliseconds.
-  local last = redis.pcall('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-  if last.err then
-    return nil, redis.error_reply('COORD_CORRUPT ' .. KEYS[2] .. ' has type ' ..
-                                  redis.call('TYPE', KEYS[2]).ok .. ', expected stream')
-  end
-  if last[1] ~= nil and #(string.match(last[1][1], '^(%d+)') or '') > MAX_DIGITS then
-    return nil, redis.error_reply('COORD_CORRUPT ' .. KEYS[2] .. ' holds an entry id far in the future')
-  end
   local t1 = (#flat == 0) and 'none' or 'hash'
-  local S = {now = now_ms(), set = {}, del = {}, events = {}, changed = false, created = false, m = {}}
+  local S = new_state()
   local h = {}
   for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
-  local spec_json = ARGV[4]
-  local digest = ARGV[3]
 
   if t1 == 'none' then
     if spec_json == '' then return nil, NEED_SPEC end
   else
-    if h.epoch == nil or h.epoch == '' then return nil, corrupt('has no epoch') end
-    -- The epoch travels in change notices "<pool> <epoch> <generation> <version>" and in tokens.
-    if #h.epoch > 64 or not string.match(h.epoch, '^[%w%._:%-]+$') then
-      return nil, corrupt('field epoch is not a valid epoch')
-    end
-    S.epoch = h.epoch
-    S.generation = int_field(h, 'generation', nil)
-    S.version = int_field(h, 'version', nil)
-    S.rr = int_field(h, 'rr', 0)
-    S.skip_until = int_field(h, 'skip_until', 0)
-    S.created_at = int_field(h, 'created', 0)
-    if S.generation == nil then return nil, corrupt('field generation is not an integer') end
-    if S.version == nil then return nil, corrupt('field version is not an integer') end
-    if S.rr == nil then return nil, corrupt('field rr is not an integer') end
-    if S.skip_until == nil then return nil, corrupt('field skip_until is not an integer') end
-    if S.created_at == nil then return nil, corrupt('field created is not an integer') end
-    S.strategy = h.strategy
-    if not STRATEGIES[S.strategy or ''] then return nil, corrupt('field strategy is not a known strategy') end
+    local problem = read_header(S, h)
+    if problem then return nil, corrupt(problem) end
+    -- Counted in C before anything is split: a huge hand-edited list fails without a long loop.
+    local _, commas = string.gsub(h.members or '', ',', ',')
+    local _, weight_commas = string.gsub(h.weights or '', ',', ',')
+    if commas ~= weight_commas then return nil, corrupt('field weights does not match field members') end
     local ids = split_csv(h.members)
     local weights = split_csv(h.weights)
-    local problem = bad_membership(ids, weights)
+    problem = bad_membership(ids, weights)
     if problem then return nil, corrupt(problem) end
     set_members(S, ids, weights)
     for _, id in ipairs(ids) do
-      local problem = read_member(S, h, id)
+      problem = read_member(S, h, id)
       if problem then return nil, corrupt(problem) end
     end
-    S.active = h.active or ''
     if S.active ~= '' and S.pos[S.active] == nil then return nil, corrupt('field active names no member') end
-    if S.strategy ~= 'round_robin' and S.active == '' then return nil, corrupt('field active is empty') end
-    if h.exhausted ~= nil and h.exhausted ~= '0' and h.exhausted ~= '1' then
-      return nil, corrupt('field exhausted is neither 0 nor 1')
-    end
-    S.exhausted = h.exhausted == '1'
-    S.probe = h.probe or ''
-    S.digest = h.digest or ''
     if digest ~= '*' and S.digest ~= digest and spec_json == '' then return nil, NEED_SPEC end
+    -- A state last written by a script without the stamp (an older release) or by another release
+    -- since (its version moved on) is stamped now that it passed; a stamp of this very version that
+    -- does not match was edited by hand: it keeps the full path until the next write.
+    local stamped = string.match(S.old_checked or '', '^(%d+) ')
+    S.bless = stamped == nil or stamped ~= tostring(S.version)
   end
 
   if spec_json ~= '' and (t1 == 'none' or S.digest ~= digest) then
@@ -189,26 +384,26 @@ local function load()
         or not STRATEGIES[spec.strategy or ''] then
       return nil, redis.error_reply('COORD_BAD_ARGUMENT membership spec is not valid')
     end
-    local old_ids = S.ids or {}
+    local old_ids = rawget(S, 'ids') or {}
     set_members(S, spec.members, spec.weights or {})
     for _, id in ipairs(old_ids) do
       if S.pos[id] == nil then
-        for _, suffix in ipairs({':cooling_until', ':cooling_kind', ':failures', ':ejections',
-                                 ':parked_until', ':park_reason'}) do
-          S.del[id .. suffix] = true
-        end
+        S.m[id] = nil
+        for _, suffix in ipairs(MEMBER_SUFFIXES) do S.del[id .. suffix] = true end
       end
     end
     for _, id in ipairs(S.ids) do
-      if S.m[id] == nil then S.m[id] = {cooling_until = 0, failures = 0, ejections = 0, park_reason = '', cooling_kind = ''} end
+      if S.m[id] == nil then S.m[id] = default_member() end
     end
     S.strategy = spec.strategy
     S.digest = digest
     S.set.strategy = S.strategy
-    S.set.members = table.concat(S.ids, ',')
+    S.members_csv = table.concat(S.ids, ',')
+    S.set.members = S.members_csv
     local w = {}
     for i, id in ipairs(S.ids) do w[i] = tostring(S.weights[id]) end
-    S.set.weights = table.concat(w, ',')
+    S.weights_csv = table.concat(w, ',')
+    S.set.weights = S.weights_csv
     S.set.digest = digest
     S.changed = true
     if t1 == 'none' then

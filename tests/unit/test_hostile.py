@@ -333,9 +333,16 @@ def _every_operation(pool: Any, sel: co.Selection) -> dict[str, Any]:
     }
 
 
-def assert_reported_and_untouched(backend: Any, key: str, words: list[str]) -> None:
+#: The operations of ``_every_operation`` that append an event (here: the others' selection is stale
+#: or they change nothing); only they read the event stream.
+APPENDING = ("park", "unpark", "rotate")
+
+
+def assert_reported_and_untouched(backend: Any, key: str, words: list[str],
+                                  only: tuple[str, ...] | None = None) -> None:
     """Every operation of a fresh worker (nothing cached locally) raises CorruptStateError naming
-    ``key`` and ``words``, and neither key of the pool, nor the channel, sees a write."""
+    ``key`` and ``words`` (with ``only``: those operations, and the others answer), and neither key
+    of the pool, nor the channel, sees a write."""
     keys = backend.keys("p")
     before = dump(backend.raw, keys)
     notices = Notices(backend)
@@ -343,6 +350,10 @@ def assert_reported_and_untouched(backend: Any, key: str, words: list[str]) -> N
         pool = backend.coordinator(pool_config(3)).pool("p")  # nothing cached locally
         sel = co.Selection(pool="p", member=pool.config.members[1], epoch="e", generation=1)
         for name, operation in _every_operation(pool, sel).items():
+            if only is not None and name not in only:
+                operation()
+                assert dump(backend.raw, keys) == before, f"{name} wrote to a corrupt state"
+                continue
             try:
                 operation()
             except co.CorruptStateError as exc:
@@ -387,8 +398,8 @@ GARBAGE_FIELDS = [
     ("skip_until", "Infinity"), ("k0:cooling_until", "-99999999999999"), ("k1:failures", "1.5"),
     ("k1:ejections", "0b1"), ("k0:parked_until", "never"), ("k0:parked_until", "-1"),
     ("epoch", ""), ("epoch", "two words"), ("epoch", "x" * 65), ("epoch", "a\nb"), ("exhausted", "yes"),
-    ("members", ""), ("members", "k0,k0,k1"), ("members", "k0,k1"), ("members", "k0,{k1},k2"),
-    ("members", "k0,k 1,k2"), ("members", "k0,k1:x,k2"), ("weights", "1,nan,1"), ("weights", "1,0,1"),
+    ("members", ""), ("members", "k0,k0,k1,k1"), ("members", "k0,k1"), ("members", "k0,{k1},k2"),
+    ("members", "k0,k 1,k2"), ("members", "k0,k1:x,k2"), ("weights", "1,nan,1"), ("weights", "1,0,10"),
     ("weights", "1,-1,1"), ("weights", "1,1001,1"), ("weights", "1,1"), ("weights", "1,0x1,1"),
     ("strategy", "random"), ("strategy", ""), ("active", "nobody"), ("active", ""),
 ]
@@ -402,6 +413,23 @@ def test_garbage_field_is_reported_untouched_and_healed_by_reset(backend: Any, f
     backend.raw.hset(state, field, value)
     word = "weights" if field == "members" and value == "k0,k1" else field
     assert_reported_and_untouched(backend, state, [word])
+    assert_healed(backend, old_epoch)
+
+
+@REDIS_AND_MEMORY
+@pytest.mark.parametrize(("field", "value"), [("members", "k0,k0,k1"), ("weights", "1,0,1")])
+def test_a_hand_edit_that_keeps_the_membership_length_is_reported_by_snapshot(backend: Any, field: str,
+                                                                               value: str) -> None:
+    # What the scripts trust (docs/design.md, "Scripts"): a stamp of the validated membership's
+    # version and lengths (HSTRLEN is O(1); reading the list is not). An edit by hand that moves no
+    # version and keeps the lengths is seen by snapshot, which always validates everything, and by
+    # every script once any write moves the version; the calls that trust the stamp do not read it.
+    pool, _, (state, _) = _prepare(backend)
+    old_epoch = pool.snapshot().epoch
+    backend.raw.hset(state, field, value)
+    fresh = backend.coordinator(pool_config(3)).pool("p")
+    with pytest.raises(co.CorruptStateError, match=field):
+        fresh.snapshot()
     assert_healed(backend, old_epoch)
 
 
@@ -448,7 +476,8 @@ def test_event_key_of_a_wrong_type_is_reported_untouched_and_healed(backend: Any
     pool, _, (_, events_key) = _prepare(backend)
     old_epoch = pool.snapshot().epoch
     _write_type(backend.raw, events_key, kind)
-    assert_reported_and_untouched(backend, events_key, [f"has type {kind}, expected stream"])
+    # Only a call that appends an event reads the stream (docs/design.md, "Scripts").
+    assert_reported_and_untouched(backend, events_key, [f"has type {kind}, expected stream"], APPENDING)
     reads = [pool.events]
     if not backend.name.startswith("memory"):
         # fakeredis answers XREAD on a key of another type with a Python AttributeError, not WRONGTYPE.
@@ -491,7 +520,7 @@ def test_stream_ids_far_in_the_future_are_reported_before_any_write(backend: Any
     pool, _, (_, events_key) = _prepare(backend)
     old_epoch = pool.snapshot().epoch
     backend.raw.xadd(events_key, {"type": "parked", "epoch": old_epoch, "generation": "99"}, id=entry_id)
-    assert_reported_and_untouched(backend, events_key, ["far in the future"])
+    assert_reported_and_untouched(backend, events_key, ["far in the future"], APPENDING)
     with pytest.raises(co.CorruptStateError, match="did not write"):
         pool.events()
     assert_healed(backend, old_epoch)

@@ -41,6 +41,15 @@ class AsyncPool:
         local = self._codec.local_acquire()
         return local if local is not None else await self._run(self._codec.acquire(recovery_probe))
 
+    def local_selection(self) -> Selection | None:
+        """The local view's selection, or None (no round trip either way): the happy path's acquire."""
+        self._start_listener()
+        return self._codec.local_acquire()
+
+    def quiet_success(self, selection: Selection) -> bool:
+        """True when a success of ``selection`` changes nothing in Redis, as far as the view knows."""
+        return not self._codec.view.success_is_news(selection, self._codec.clock())
+
     async def report_failure(self, selection: Selection, kind: str, retry_after: float | None = None) -> FailureResult:
         return await self._run(self._codec.report_failure(selection, kind, retry_after))
 

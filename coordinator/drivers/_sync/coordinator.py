@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -12,13 +13,22 @@ from coordinator.drivers._sync.executor import run_plan
 from coordinator.drivers._sync.pool import Pool
 from coordinator.drivers._sync.store import Store
 from coordinator.drivers.base import CoordinatorBase
-from coordinator.drivers.io_sync import IS_ASYNC, CallFn, NoticeListener, RedisClient, connect, default_sleep
+from coordinator.drivers.io_sync import (
+    IS_ASYNC,
+    CallFn,
+    NoticeListener,
+    RedisClient,
+    attempt,
+    connect,
+    default_sleep,
+)
 from coordinator.rules.backoff import RandomSource
 from coordinator.rules.classify import Classifier
+from coordinator.rules.happy import first_pool, plain_success
 from coordinator.rules.hooks import Hook
 from coordinator.rules.outage import DEFAULT_PROBE_INTERVAL
 from coordinator.rules.view import DEFAULT_STALENESS
-from coordinator.store.codec import DEFAULT_STREAM_MAXLEN
+from coordinator.store.codec import DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAXLEN
 from coordinator.store.connect import DEFAULT_TIMEOUT
 
 T = TypeVar("T")
@@ -30,8 +40,13 @@ class Coordinator(CoordinatorBase):
     - ``url``: ``memory://`` (embedded, this process only), ``redis://``, ``rediss://``, ``unix://``,
       ``redis+cluster://``, ``redis+sentinel://`` (see the README).
     - ``prefix``: the key prefix, one per tenant or product sharing a Redis.
-    - ``staleness``: seconds a worker may reuse an acquire decision without asking Redis (default 1;
-      change notices drop it sooner; 0 asks Redis on every acquire).
+    - ``staleness``: seconds a worker may reuse an acquire decision without asking Redis while it does
+      not hear the change notices (default 1; 0 asks Redis on every acquire). While its subscription
+      is healthy a decision holds until a notice outdates it (at most ``SAFETY_STALENESS``, 5 min).
+    - ``stream_maxlen``, ``stream_max_age``: event retention per pool, entries and seconds (default
+      1,000 and 7 days; ``stream_max_age=None`` keeps entries of any age).
+    - ``legacy_notices``: also publish change notices on the shared channel of earlier releases and
+      listen there (default, for rolling deploys); False: per-pool channels only (see the README).
     - ``timeout``: seconds to connect to and to hear from Redis before serving from local state.
     - ``probe_interval``: while Redis is unreachable, how often one call tries it again.
     - ``local_fallback``: serve acquire and reports from local state while Redis is unreachable
@@ -55,14 +70,18 @@ class Coordinator(CoordinatorBase):
         probe_interval: float = DEFAULT_PROBE_INTERVAL,
         timeout: float = DEFAULT_TIMEOUT,
         local_fallback: bool = True,
+        stream_max_age: float | None = DEFAULT_STREAM_MAX_AGE,
+        legacy_notices: bool = True,
     ) -> None:
-        super().__init__(url, pools, prefix, stream_maxlen, hooks, classifier, staleness)
+        super().__init__(url, pools, prefix, stream_maxlen, hooks, classifier, staleness, stream_max_age)
         self.client = client if client is not None else connect(url, timeout)
+        channels, sharded = self._notice_channels(self.client, legacy_notices)
         self._store = Store(self.client, self._codecs, url, probe_interval, self._forget_views, local_fallback)
         # Started by the first acquire: a coordinator used only for operator actions needs none.
         self._listener: NoticeListener | None = None
         if self.staleness > 0 and self._codecs:
-            self._listener = NoticeListener(self.client, self.keys.channel, self._on_notice, self._forget_views)
+            self._listener = NoticeListener(self.client, channels, self._on_notice, self._forget_views, sharded,
+                                            self.notice_health)
         start = self._listener.ensure_started if self._listener is not None else _nothing
         self._pools = {name: Pool(codec, self._store, start) for name, codec in self._codecs.items()}
 
@@ -111,6 +130,18 @@ class Coordinator(CoordinatorBase):
         Raises the caller's own exception unchanged for request, content-policy and context-length
         failures, ``AllMembersFailedError`` when no member served; cancellation propagates at once.
         """
+        every_hook = [*self.hooks, *hooks] if hooks or self.hooks else []
+        first = None
+        name = first_pool(pools) if not every_hook and deadline is None and max_retries is None else None
+        if name is not None and (isinstance(pools, str) or all(p in self._codecs for p in pools)):
+            # The happy path (rules/happy.py): no plan unless the view has no answer or something fails.
+            pool = self.pool(name)
+            selection = pool.local_selection()
+            if selection is not None:
+                outcome = attempt(fn, selection.member, clock if clock is not None else time.monotonic)
+                if plain_success(outcome) and pool.quiet_success(selection):
+                    return outcome.result  # type: ignore[no-any-return]
+                first = (selection, outcome)
         plan = self._plan(
             pools, deadline=deadline, max_retries=max_retries, classifier=classifier, rng=rng, clock=clock
         )
@@ -118,8 +149,9 @@ class Coordinator(CoordinatorBase):
             plan,
             {cfg.name: self.pool(cfg.name) for cfg in plan.pools},
             fn,
-            hooks=[*self.hooks, *hooks],
+            hooks=every_hook,
             sleep=sleep if sleep is not None else default_sleep,
+            first=first,
         )
         return result
 

@@ -7,10 +7,22 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from coordinator.core.config import Member
+from coordinator.core.types import Selection
 from coordinator.drivers.base import raise_action, store_call
 from coordinator.drivers.io_sync import attempt, close_quietly, maybe_await
 from coordinator.rules.hooks import CallTrace, Hook, dispatch
-from coordinator.rules.plan import NOTHING, Attempt, CallPlan, Discard, Notify, Outcome, Raise, Return, Sleep
+from coordinator.rules.plan import (
+    NOTHING,
+    Acquire,
+    Attempt,
+    CallPlan,
+    Discard,
+    Notify,
+    Outcome,
+    Raise,
+    Return,
+    Sleep,
+)
 
 
 def run_plan(
@@ -20,8 +32,11 @@ def run_plan(
     *,
     hooks: Sequence[Hook],
     sleep: Callable[[float], Any],
+    first: tuple[Selection, Outcome] | None = None,
 ) -> Any:
-    """Carries out ``plan``; ``pools`` maps pool names to the coordinator's pool objects."""
+    """Carries out ``plan``; ``pools`` maps pool names to the coordinator's pool objects. ``first``: the
+    happy path's local selection and the outcome of its attempt (rules/happy.py), which the plan's
+    first acquire and first attempt get instead of asking again."""
     trace = CallTrace(hooks, plan.pools, plan.clock)
     trace.start()
     error: BaseException | None = None
@@ -32,6 +47,15 @@ def run_plan(
                 return action.value
             if isinstance(action, Raise):
                 raise_action(action)
+            if first is not None and isinstance(action, Acquire | Attempt):
+                if isinstance(action, Acquire):
+                    action = plan.send(Outcome(value=first[0]))
+                    continue
+                member = action.selection.member
+                trace.attempt(action.selection.pool, member.id, member.model, action.attempt)
+                outcome, first = first[1], None
+                action = plan.send(outcome)
+                continue
             store = store_call(pools, action)
             if store is not None:
                 try:

@@ -1,0 +1,340 @@
+"""Figure f: how large a fleet one Redis core carries, from the real scripts at modelled fleet rates.
+
+    python benchmarks/capacity.py            # single server and a 3-master Cluster, about two minutes
+    python benchmarks/capacity.py --quick    # fewer calls
+    python benchmarks/capacity.py --no-cluster
+
+The fleet model (docs/design.md, "The local view", "Change notices"): W workers, each using P pools
+and sending R requests per second, a fraction F of which fail; each pool is shared by S workers (its
+notice subscribers). A healthy worker sends Redis nothing for a request that succeeds on the view's
+decision. Per failure it sends a ``report_failure``, then (its view dropped) one cold ``acquire``, and
+the first success on the member afterwards a ``report_success`` that resets its count; the first
+failure and the reset each publish one notice, delivered to the pool's S subscribers. Besides, every
+worker re-reads each pool once per ``SAFETY_STALENESS`` (5 minutes).
+
+Each cost is measured inside Redis (``INFO cpu`` of the server process before and after N calls of
+one kind, issued one per round trip like workers do), so the driver's own speed does not matter:
+script costs with no subscriber, and the cost of one notice delivery with real subscriber
+connections. The largest W below 50% of one core follows from the rates; then the whole mix is driven
+at a known rate for a few seconds and the measured CPU is compared with the prediction. On Cluster
+the same costs are measured on 3 masters (pools spread over the slots, sharded notices), and a
+fleet's load is split over the masters as its pools are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+import coordinator as co
+from coordinator.rules.view import SAFETY_STALENESS
+from coordinator.testing import RedisServer
+
+PREFIX = "cap"
+MEMBERS = 5
+
+
+@dataclass(frozen=True)
+class Model:
+    pools_per_worker: int = 100
+    requests_per_second: float = 50.0
+    failure_rate: float = 0.01
+    workers_per_pool: int = 10
+
+    def rates(self, workers: int) -> dict[str, float]:
+        failures = workers * self.requests_per_second * self.failure_rate
+        return {
+            "report_failure": failures,
+            "acquire": failures + workers * self.pools_per_worker / SAFETY_STALENESS,
+            "report_success": failures,
+            "delivery": 2 * failures * self.workers_per_pool,
+        }
+
+    def cpu(self, workers: int, costs: dict[str, float]) -> float:
+        """Seconds of Redis CPU per second."""
+        return sum(rate * costs[kind] for kind, rate in self.rates(workers).items())
+
+    def largest(self, costs: dict[str, float], budget: float = 0.5) -> int:
+        low, high = 0, 10_000_000
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self.cpu(mid, costs) <= budget:
+                low = mid
+            else:
+                high = mid - 1
+        return low
+
+
+def cpu_seconds(nodes: list[redis.Redis]) -> float:
+    total = 0.0
+    for node in nodes:
+        info = node.info("cpu")
+        total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    return total
+
+
+def pools(count: int) -> list[co.PoolConfig]:
+    policy = co.CooldownPolicy(transient_threshold=1000)  # counting failures never cools here
+    return [co.PoolConfig(name=f"pool{i}", members=[co.Member(id=f"m{j}") for j in range(MEMBERS)],
+                          cooldown=policy) for i in range(count)]
+
+
+def measure(nodes: list[redis.Redis], fn: Callable[[int], None], n: int) -> float:
+    """Redis CPU seconds per call of ``fn(i)``, the median of three runs of n calls."""
+    results = []
+    for _ in range(3):
+        before = cpu_seconds(nodes)
+        for i in range(n):
+            fn(i)
+        results.append((cpu_seconds(nodes) - before) / n)
+    return sorted(results)[1]
+
+
+def _subscriber(port: int, channel: str, count: int, ready: Any, stop: Any) -> None:
+    """``count`` raw subscriber connections that read (and drop) everything until told to stop."""
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(f"*2\r\n$9\r\nSUBSCRIBE\r\n${len(channel)}\r\n{channel}\r\n".encode())
+        socks.append(s)
+    for s in socks:
+        s.recv(4096)
+    ready.set()
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    for s in socks:
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    while not stop.is_set():
+        for key, _ in sel.select(timeout=0.1):
+            with contextlib.suppress(BlockingIOError):
+                key.fileobj.recv(65536)  # type: ignore[union-attr]
+
+
+def delivery_cost(port: int, node: redis.Redis, subscribers: int, n: int) -> float:
+    """Redis CPU seconds per delivered notice: PUBLISH to ``subscribers`` connections, minus PUBLISH
+    to none."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_subscriber, args=(port, "cap:fanout", subscribers, ready, stop), daemon=True)
+    proc.start()
+    try:
+        if not ready.wait(30):
+            raise RuntimeError("subscribers did not connect")
+        notice = "pool0 0123456789abcdef 12 34 m1 m0"
+        with_subs = measure([node], lambda i: node.publish("cap:fanout", notice), n)
+        without = measure([node], lambda i: node.publish("cap:nobody", notice), n)
+    finally:
+        stop.set()
+        proc.join(10)
+    return max(0.0, with_subs - without) / subscribers
+
+
+def script_costs(url: str, nodes: list[redis.Redis], n: int, pool_count: int) -> dict[str, float]:
+    """Redis CPU seconds per call of each script kind the fleet model sends."""
+    configs = pools(pool_count)
+    with co.Coordinator(url, configs, prefix=PREFIX, staleness=0, legacy_notices=False) as coord:
+        handles = [coord.pool(cfg.name) for cfg in configs]
+        selections = [pool.acquire() for pool in handles]  # creates and stamps every pool
+        for pool, sel in zip(handles, selections, strict=True):
+            pool.report_failure(sel, "transient")  # m0 counted once: later counts send no notice
+        costs = {
+            "acquire": measure(nodes, lambda i: handles[i % pool_count].acquire(), n),
+            "count_only": measure(
+                nodes, lambda i: handles[i % pool_count].report_failure(selections[i % pool_count], "transient"), n),
+        }
+        # A reset (notice) and the next first failure (notice) alternate: each call writes and publishes.
+        def reset_then_fail(i: int) -> None:
+            pool, sel = handles[i % pool_count], selections[i % pool_count]
+            if (i // pool_count) % 2 == 0:
+                pool.report_success(sel)
+            else:
+                pool.report_failure(sel, "transient")
+        pair = measure(nodes, reset_then_fail, n - n % (2 * pool_count) or 2 * pool_count)
+        costs["report_success"] = pair
+        costs["report_failure"] = pair
+    return costs
+
+
+def drive(url: str, nodes: list[redis.Redis], model: Model, costs: dict[str, float], seconds: float,
+          pool_count: int) -> tuple[float, float, float]:
+    """Drives the model's mix (scripts only) as fast as one client goes for ``seconds``; returns the
+    script calls per second reached, the measured Redis CPU share and the one predicted from costs."""
+    configs = pools(pool_count)
+    weights = model.rates(1000)
+    total = weights["acquire"] + weights["report_failure"] + weights["report_success"]
+    plan = (["acquire"] * round(100 * weights["acquire"] / total) + ["report_failure"] * round(
+        100 * weights["report_failure"] / total) + ["report_success"] * round(100 * weights["report_success"] / total))
+    with co.Coordinator(url, configs, prefix=PREFIX, staleness=0, legacy_notices=False) as coord:
+        handles = [coord.pool(cfg.name) for cfg in configs]
+        selections = [pool.acquire() for pool in handles]
+        calls = {"acquire": 0, "report_failure": 0, "report_success": 0}
+        before, started = cpu_seconds(nodes), time.perf_counter()
+        i = 0
+        while time.perf_counter() - started < seconds:
+            kind = plan[i % len(plan)]
+            pool, sel = handles[i % pool_count], selections[i % pool_count]
+            if kind == "acquire":
+                pool.acquire()
+            elif kind == "report_failure":
+                pool.report_failure(sel, "transient")
+            else:
+                pool.report_success(sel)
+            calls[kind] += 1
+            i += 1
+            if i % 1000 == 0:
+                time.sleep(0.01)  # let the driver's own process breathe: Redis shares the two cores
+        elapsed = time.perf_counter() - started
+        used = (cpu_seconds(nodes) - before) / elapsed
+    predicted = sum(calls[k] * costs[k] for k in calls) / elapsed
+    return i / elapsed, used, predicted
+
+
+@contextlib.contextmanager
+def cluster() -> Iterator[tuple[str, list[RedisServer]]]:
+    nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                         "--cluster-node-timeout", "2000") for _ in range(3)]
+    try:
+        subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in nodes],
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        deadline = time.monotonic() + 20
+        while redis.Redis(port=nodes[0].port, decode_responses=True).cluster("info").get("cluster_state") != "ok":
+            if time.monotonic() > deadline:
+                raise RuntimeError("cluster did not become ok")
+            time.sleep(0.05)
+        yield "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in nodes), nodes
+    finally:
+        for node in nodes:
+            node.close()
+
+
+def run(quick: bool, with_cluster: bool, model: Model) -> list[str]:
+    n = 600 if quick else 2000
+    pool_count = 50
+    lines = [f"model: P={model.pools_per_worker} pools per worker, R={model.requests_per_second:g} requests/s per "
+             f"worker, F={model.failure_rate:.0%} failures, S={model.workers_per_pool} workers per pool, "
+             f"safety refresh every {SAFETY_STALENESS:g} s"]
+    with RedisServer() as server:
+        node = redis.Redis(port=server.port, decode_responses=True)
+        costs = script_costs(server.url, [node], n, pool_count)
+        costs["delivery"] = delivery_cost(server.port, node, 200, n)
+        best = model.largest(costs)
+        rate, used, predicted = drive(server.url, [node], model, costs, 3.0 if quick else 6.0, pool_count)
+        node.close()
+    lines.append("single redis-server, Redis CPU per call: " + ", ".join(
+        f"{k} {v * 1e6:.1f} µs" for k, v in costs.items() if True))
+    lines.append(f"single: largest fleet below 50% of one core: W = {best:,} workers "
+                 f"({best * model.pools_per_worker:,} worker-pools); at W = 10,000: "
+                 f"{model.cpu(10_000, costs):.0%} of a core")
+    for kind, r in model.rates(best).items():
+        lines.append(f"  at W = {best:,}: {kind} {r:,.0f}/s = {r * costs[kind]:.1%} of a core")
+    lines.append(f"single, driven mix: {rate:,.0f} script calls/s from one client: Redis CPU {used:.1%} measured, "
+                 f"{predicted:.1%} predicted from the per-call costs")
+    if with_cluster:
+        with cluster() as (url, servers):
+            nodes = [redis.Redis(port=s.port, decode_responses=True) for s in servers]
+            ccosts = script_costs(url, nodes, n, pool_count)
+            ccosts["delivery"] = costs["delivery"]  # a sharded delivery costs its one shard the same
+            # The pools spread over three masters: each master carries a third of the fleet's load.
+            per_master = {k: v / 3 for k, v in ccosts.items()}
+            cbest = model.largest(per_master)
+            for c in nodes:
+                c.close()
+        lines.append("3-master Cluster, Redis CPU per call (all masters): " + ", ".join(
+            f"{k} {v * 1e6:.1f} µs" for k, v in ccosts.items() if k != "delivery"))
+        lines.append(f"cluster: largest fleet with every master below 50% of one core: W = {cbest:,} workers "
+                     "(pools spread evenly over the slots; sharded notices stay on their shard)")
+    return lines
+
+
+def growth(quick: bool, sizes: tuple[int, ...] = (3, 20, 200, 1000)) -> list[str]:
+    """Script time inside Redis (INFO commandstats usec_per_call of EVALSHA) by pool size, the sizes
+    interleaved in rounds (order rotating) so machine drift hits all alike; medians over rounds."""
+    rounds, per_round = (5, 100) if quick else (15, 200)
+    lines = []
+    with RedisServer() as server:
+        node = redis.Redis(port=server.port, decode_responses=True)
+        configs = [co.PoolConfig(name=f"g{n}", members=[co.Member(id=f"member-{j:04d}") for j in range(n)])
+                   for n in sizes]
+        with co.Coordinator(server.url, configs, prefix="grow", staleness=0) as coord:
+            handles = {n: coord.pool(f"g{n}") for n in sizes}
+            selections = {}
+            for n, pool in handles.items():
+                # A little history, as pools have: the first member cooled, the pointer on the second.
+                pool.report_failure(pool.acquire(), "rate_limited", retry_after=3600)
+                selections[n] = pool.acquire()
+            kinds: dict[str, Callable[[int], None]] = {
+                "acquire": lambda n: handles[n].acquire(),
+                "report_failure (stale token)": lambda n: handles[n].report_failure(
+                    co.Selection(pool=f"g{n}", member=selections[n].member, epoch="old", generation=1), "auth"),
+                "report_success (nothing to reset)": lambda n: handles[n].report_success(selections[n]),
+            }
+            samples: dict[tuple[str, int], list[float]] = {(k, n): [] for k in kinds for n in sizes}
+            # Client side: a cold acquire against a bare GET on the same client and connection.
+            client_ns: dict[str, list[int]] = {"GET": [], **{f"acquire {n}": [] for n in sizes}}
+            coord.client.set("grow-get", "x")
+            for r in range(rounds):
+                for label in list(client_ns)[r % len(client_ns):] + list(client_ns)[:r % len(client_ns)]:
+                    n = int(label.split()[1]) if label != "GET" else 0
+                    for _ in range(per_round):
+                        t0 = time.perf_counter_ns()
+                        if n:
+                            handles[n].acquire()
+                        else:
+                            coord.client.get("grow-get")
+                        client_ns[label].append(time.perf_counter_ns() - t0)
+            for r in range(rounds):
+                order = list(sizes[r % len(sizes):] + sizes[:r % len(sizes)])
+                for kind, fn in kinds.items():
+                    for n in order:
+                        node.config_resetstat()
+                        for _ in range(per_round):
+                            fn(n)
+                        stat = node.info("commandstats").get("cmdstat_evalsha", {})
+                        samples[(kind, n)].append(float(stat.get("usec_per_call", 0.0)))
+        node.close()
+    for kind in kinds:
+        medians = {n: sorted(samples[(kind, n)])[len(samples[(kind, n)]) // 2] for n in sizes}
+        cells = ", ".join(f"{n} members {medians[n]:.1f} µs" for n in sizes)
+        lines.append(f"{kind}: {cells}; {sizes[-1]} / {sizes[0]} = {medians[sizes[-1]] / medians[sizes[0]]:.2f}x")
+    get = sorted(client_ns["GET"])[len(client_ns["GET"]) // 2]
+    cells = ", ".join(f"{n} members {sorted(client_ns[f'acquire {n}'])[len(client_ns[f'acquire {n}']) // 2] / get:.2f}x"
+                      for n in sizes)
+    lines.append(f"cold acquire p50 / GET p50 (client side, GET {get / 1000:.0f} µs): {cells}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-cluster", action="store_true")
+    parser.add_argument("--workers-per-pool", type=int, default=10)
+    parser.add_argument("--growth-only", action="store_true", help="only the script time by pool size")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    load = os.getloadavg()[0]
+    for line in growth(args.quick):
+        print(line, flush=True)
+    if args.growth_only:
+        return 0
+    for line in run(args.quick, not args.no_cluster, Model(workers_per_pool=args.workers_per_pool)):
+        print(line, flush=True)
+    print(f"load {load:.2f} before, {os.getloadavg()[0]:.2f} after; {time.perf_counter() - started:.0f} s",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
