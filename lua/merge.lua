@@ -3,6 +3,7 @@
 -- KEYS[1] pool state hash, KEYS[2] pool event stream
 -- ARGV[1..6] common (see lib/state.lua)
 -- ARGV[7]  JSON list of [member id, remaining cooldown in ms, failure kind] learned locally
+-- ARGV[8]  optional: a probe lease id to give back (a call cancelled before it could report)
 --
 -- Each cooldown is merged as until = max(stored, now + remaining): never shortened, never escalated.
 -- Members the pool no longer has are ignored. If the active member is cooling afterwards the
@@ -37,6 +38,8 @@ for _, item in ipairs(learned) do
     end
   end
 end
+
+if ARGV[8] ~= nil and ARGV[8] ~= '' then release_probe(S, ARGV[8]) end
 
 local transitioned = false
 if merged > 0 and S.strategy ~= 'round_robin' and not available(S, S.active) then

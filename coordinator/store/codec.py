@@ -248,10 +248,8 @@ class PoolCodec:
         """The result of a success that, as far as the view knows, would change nothing in Redis;
         None when it must be reported (``report_success()``)."""
         self._check_selection(selection)
-        now = self.clock()
-        if self.view.success_is_news(selection, now):
-            return None
-        return self._parse_success(self.view.quiet_success(selection, now))
+        quiet = self.view.quiet_success(selection, self.clock())
+        return None if quiet is None else self._parse_success(quiet)
 
     def report_success(self, selection: Selection) -> Op[SuccessResult]:
         self._check_selection(selection)
@@ -288,6 +286,11 @@ class PoolCodec:
     def merge(self, cooldowns: list[list[Any]]) -> Op[dict[str, Any]]:
         """After an outage: ``cooldowns`` as [member, remaining ms, kind], merged with ``max()``."""
         return Op("merge", self._keys, [json.dumps(cooldowns)], self._parse_merge)
+
+    def release(self, selection: Selection) -> Op[dict[str, Any]]:
+        """Gives back the probe lease ``selection`` holds (a call cancelled before it could report)."""
+        self._check_selection(selection)
+        return Op("merge", self._keys, ["[]", selection.lease], self._parse_merge)
 
     def _parse_merge(self, data: dict[str, Any]) -> dict[str, Any]:
         self.view.observe(data)
@@ -473,3 +476,29 @@ class PoolCodec:
     def _reason(reason: str) -> str:
         text = " ".join(str(reason).split())
         return text[:200]
+
+
+# -- the start-up check (check.lua and the server's eviction policy) ---------------------------------
+
+
+def acl_problem(raw: Any) -> str | None:
+    """What check.lua's reply says the Redis user may not do, or None when it may do everything."""
+    try:
+        data = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        missing = [name for name in str(data.get("missing") or "").split(",") if name]
+    except (TypeError, ValueError, AttributeError):
+        return f"unexpected reply of the permission check: {raw!r}"
+    if not missing:
+        return None
+    grants = " ".join(f"+{name.lower()}" for name in missing)
+    return (f"the Redis user may not run {', '.join(missing)} on the pools' keys and channel, which the "
+            f"workers' scripts need: grant {grants} (see docs/security.md)")
+
+
+def risky_policy(policy: str) -> str | None:
+    """A warning when Redis' maxmemory-policy may evict the pools' state (it has no TTL, so only the
+    ``allkeys-*`` policies touch it), else None."""
+    if policy.startswith("allkeys-"):
+        return (f"maxmemory-policy is {policy}: when memory runs out Redis may evict a pool's state, and the "
+                "fleet then rebuilds it from what workers remember; use noeviction (see docs/security.md)")
+    return None

@@ -5,7 +5,9 @@ Every script that writes publishes ``<pool> <epoch> <generation> <version> <acti
 notice outdates, or (sticky pools) takes the notice's own decision without asking Redis. If
 the subscription is lost, views fall back to their staleness bound (they never trust a decision
 longer than that anyway); the listener says so once in the log, keeps trying to resubscribe, and
-after it succeeds drops every view, since notices may have been missed meanwhile.
+once Redis confirms a subscription drops every view, since notices may have been missed meanwhile.
+A subscription Redis refuses (a user without ``+subscribe``) is one lost episode: one log line, and
+views are not dropped on every retry.
 """
 
 from __future__ import annotations
@@ -62,7 +64,12 @@ class _State:
         self.subscribed = threading.Event()
 
     def message(self, message: Any) -> None:
-        if not message or message.get("type") != "message":
+        if not message:
+            return
+        if message.get("type") == "subscribe":
+            self.connected()
+            return
+        if message.get("type") != "message":
             return
         notice = parse_notice(message.get("data"))
         if notice is not None:
@@ -107,12 +114,12 @@ class NoticeListener:
         while not self._stop.is_set():
             pubsub = None
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._client.pubsub()
                 pubsub.subscribe(self.state.channel)
-                self.state.connected()
-                delay = RETRY_MIN
                 while not self._stop.is_set():
                     self.state.message(pubsub.get_message(timeout=POLL))
+                    if self.state.subscribed.is_set():
+                        delay = RETRY_MIN
             except Exception as exc:  # any failure of the subscription: fall back, retry
                 if self._stop.is_set():
                     break
@@ -124,10 +131,11 @@ class NoticeListener:
                     with contextlib.suppress(Exception):
                         pubsub.close()
 
-    def close(self) -> None:
+    def close(self, timeout: float = POLL * 4) -> None:
+        """Stops the thread, waiting at most ``timeout`` seconds (it is a daemon: it dies with the process)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=POLL * 4)
+            self._thread.join(timeout=timeout)
 
 
 class AsyncNoticeListener:
@@ -148,12 +156,13 @@ class AsyncNoticeListener:
         while True:
             pubsub = None
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._client.pubsub()
                 await pubsub.subscribe(self.state.channel)
-                self.state.connected()
-                delay = RETRY_MIN
                 while True:
                     self.state.message(await pubsub.get_message(timeout=POLL))
+                    _raise_if_cancelling()
+                    if self.state.subscribed.is_set():
+                        delay = RETRY_MIN
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -165,9 +174,21 @@ class AsyncNoticeListener:
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()
 
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+    async def aclose(self, timeout: float = POLL * 4) -> None:
+        """Cancels the task and waits for it at most ``timeout`` seconds."""
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        if task.get_loop() is not asyncio.get_running_loop():
+            return  # its loop is gone or another: nothing to wait for here
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait({task}, timeout=timeout)
+
+
+def _raise_if_cancelling() -> None:
+    # redis-py's get_message may swallow a cancellation that meets its own timeout; the listener must
+    # still stop, or aclose() and asyncio.run()'s shutdown wait for it forever.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -12,7 +12,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from coordinator.store.codec import PoolCodec
+from coordinator.store.codec import Op, PoolCodec
+
+#: Scripts whose ARGV starts with member id, token epoch, token generation.
+_TOKEN_SCRIPTS = ("report_failure", "report_success")
 
 
 class LastKnownState:
@@ -21,6 +24,8 @@ class LastKnownState:
     def __init__(self) -> None:
         self._last: dict[str, dict[str, Any]] = {}
         self.seeded: set[str] = set()
+        #: The epoch each pool's stand-in was seeded with, while it runs.
+        self._local_epoch: dict[str, str] = {}
 
     def remember(self, pool: str, data: Mapping[str, Any]) -> None:
         """Keeps the newest picture Redis replies gave: the pointer from any reply, every member's
@@ -29,7 +34,7 @@ class LastKnownState:
             return
         last = self._last.setdefault(pool, {"states": {}})
         last.update(active=data.get("active") or "", server_now=float(data.get("now", 0)),
-                    wall_ms=time.time() * 1000.0)
+                    wall_ms=time.time() * 1000.0, epoch=str(data["epoch"]), generation=str(data.get("generation", 0)))
         if "valid_until" in data:
             last["states"] = {item[0]: list(item) for item in data.get("states") or [] if item}
         member, until = data.get("member"), data.get("until")
@@ -39,14 +44,17 @@ class LastKnownState:
             last["states"][member] = entry
 
     def seed(self, codec: PoolCodec) -> dict[str, str]:
-        """The hash the stand-in starts a pool from: a local epoch, the last known pointer and states."""
+        """The hash the stand-in starts a pool from: a local epoch, the last known pointer and states;
+        the pool counts as seeded from now on."""
         cfg = codec.config
         ids = [m.id for m in cfg.members]
         now_ms = int(time.time() * 1000)
         last = self._last.get(codec.name, {})
         active = last.get("active") if last.get("active") in ids else ""
+        epoch = self._local_epoch[codec.name] = f"local{os.urandom(6).hex()}"
+        self.seeded.add(codec.name)
         fields = {
-            "epoch": f"local{os.urandom(6).hex()}",
+            "epoch": epoch,
             "generation": "0",
             "version": "0",
             "created": str(now_ms),
@@ -79,6 +87,24 @@ class LastKnownState:
             if parked and reason:
                 fields[f"{member_id}:park_reason"] = str(reason)
         return fields
+
+    def to_local(self, codec: PoolCodec, op: Op[Any]) -> Op[Any]:
+        """``op`` for the stand-in: a report made under the token Redis gave (the stand-in started from
+        that very state) counts as made under the stand-in's first token, so it is applied, not stale."""
+        last = self._last.get(codec.name, {})
+        local = self._local_epoch.get(codec.name)
+        if op.script in _TOKEN_SCRIPTS and local and last.get("epoch") and op.args[1] == last["epoch"]:
+            return Op(op.script, op.keys, [op.args[0], local, "0", *op.args[3:]], op.parse, op.operator)
+        return op
+
+    def to_redis(self, codec: PoolCodec, op: Op[Any]) -> Op[Any]:
+        """``op`` for Redis: a report made under a stand-in's token (Redis is back now) counts as made
+        under the last token Redis gave, so it is applied, not dropped as stale."""
+        last = self._last.get(codec.name, {})
+        if op.script in _TOKEN_SCRIPTS and op.args[1].startswith("local") and last.get("epoch"):
+            return Op(op.script, op.keys, [op.args[0], last["epoch"], last["generation"], *op.args[3:]],
+                      op.parse, op.operator)
+        return op
 
     @staticmethod
     def merge_items(fields: Mapping[str, str], now_ms: float) -> list[list[Any]]:
