@@ -481,13 +481,26 @@ class PoolCodec:
 # -- the start-up check (check.lua and the server's eviction policy) ---------------------------------
 
 
-def acl_problem(raw: Any) -> str | None:
-    """What check.lua's reply says the Redis user may not do, or None when it may do everything."""
+@dataclass(frozen=True)
+class Permissions:
+    """check.lua's reply: what the Redis user may not do that the workers need, and how (if at all)
+    it may read the server's eviction policy."""
+
+    problem: str | None
+    config: bool = False
+    info: bool = False
+
+
+def decode_check(raw: Any) -> Permissions:
     try:
         data = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
         missing = [name for name in str(data.get("missing") or "").split(",") if name]
     except (TypeError, ValueError, AttributeError):
-        return f"unexpected reply of the permission check: {raw!r}"
+        return Permissions(f"unexpected reply of the permission check: {raw!r}")
+    return Permissions(_missing(missing), bool(data.get("config")), bool(data.get("info")))
+
+
+def _missing(missing: list[str]) -> str | None:
     if not missing:
         return None
     grants = " ".join(f"+{name.lower()}" for name in missing)

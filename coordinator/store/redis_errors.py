@@ -68,13 +68,18 @@ _REPLY_CODES: tuple[tuple[str, Trouble], ...] = (
     ("NOPERM", Trouble("the Redis user lacks a permission", misconfigured=True)),
     ("COORD_NOPERM", Trouble("the Redis user lacks a permission", misconfigured=True)),
 )
+_BY_CODE = dict(_REPLY_CODES)
+_CLASSES: tuple[tuple[type[Exception], str], ...] = (
+    (OutOfMemoryError, "OOM"), (ReadOnlyError, "READONLY"), (BusyLoadingError, "LOADING"),
+    (MasterDownError, "MASTERDOWN"), (TryAgainError, "TRYAGAIN"), (ClusterDownError, "CLUSTERDOWN"),
+)
 _TLS_WORDS = ("ssl", "certificate", "tls")
 
 
-def short_error(exc: BaseException) -> str:
+def short_error(exc: BaseException, limit: int = 200) -> str:
     """One readable log line: Sentinel errors embed the repr of a whole client."""
     text = str(exc).split(" : <", 1)[0].split(" script: ", 1)[0]
-    return f"{type(exc).__name__}: {text[:200]}"
+    return f"{type(exc).__name__}: {text[:limit]}"
 
 
 def trouble(exc: BaseException) -> Trouble | None:
@@ -87,10 +92,10 @@ def trouble(exc: BaseException) -> Trouble | None:
                        misconfigured=True)
     if isinstance(exc, NoPermissionError):
         return Trouble(f"the Redis user lacks a permission: {short_error(exc)}", misconfigured=True)
-    if isinstance(exc, OutOfMemoryError):
-        return _REPLY_CODES[0][1]
-    if isinstance(exc, BusyLoadingError):
-        return Trouble("Redis is loading its dataset")
+    # redis-py strips the code from the replies it has a class for: match those by class.
+    for kind, code in _CLASSES:
+        if isinstance(exc, kind):
+            return _BY_CODE[code]
     if isinstance(exc, redis.ResponseError):
         # Script errors carry the code of the command that failed inside the script.
         head = text.lstrip("-")

@@ -25,7 +25,7 @@ import redis
 from coordinator.core.errors import StoreError, StoreMisconfiguredError, StoreUnavailableError
 from coordinator.drivers.io_async import Lock, fake_redis, to_thread
 from coordinator.rules.outage import DEFAULT_PROBE_INTERVAL, Breaker
-from coordinator.store.codec import Op, PoolCodec, acl_problem, risky_policy
+from coordinator.store.codec import Op, Permissions, PoolCodec, decode_check, risky_policy
 from coordinator.store.connect import plain_redis_at, redact
 from coordinator.store.redis_errors import Trouble, reraise, short_error, trouble
 from coordinator.store.schema import KeySchema
@@ -183,12 +183,16 @@ class AsyncStore:
                 raise
             if isinstance(exc, redis.TimeoutError) and await to_thread(plain_redis_at, self.url, self.timeout):
                 found = Trouble("the URL asks for TLS (rediss://) but the port speaks plain Redis", True)
+            if isinstance(exc, redis.exceptions.NoPermissionError):
+                found = Trouble(f"the Redis user may not run the workers' scripts (EVALSHA, SCRIPT LOAD) or use "
+                                f"the pools' keys such as {keys[0]}: {exc}", True)
             kind = StoreMisconfiguredError if found.misconfigured else StoreUnavailableError
-            raise kind(f"{found.what} (Redis at {redact(self.url)}): {short_error(exc)}") from None
-        problem = acl_problem(raw)
-        if problem:
-            raise StoreMisconfiguredError(f"{problem} (Redis at {redact(self.url)})")
-        policy = await self._eviction_policy()
+            detail = "" if found.misconfigured and str(exc) in found.what else f": {short_error(exc, 1000)}"
+            raise kind(f"{found.what} (Redis at {redact(self.url)}){detail}") from None
+        allowed = decode_check(raw)
+        if allowed.problem:
+            raise StoreMisconfiguredError(f"{allowed.problem} (Redis at {redact(self.url)})")
+        policy = await self._eviction_policy(allowed)
         warning = risky_policy(policy)
         if warning:
             _log.warning("coordinator: Redis at %s: %s", redact(self.url), warning)
@@ -206,15 +210,15 @@ class AsyncStore:
         self.trouble = None
         self._announced = False
 
-    async def _eviction_policy(self) -> str:
-        # CONFIG and INFO need grants the workers' user does not have: then nothing is said.
+    async def _eviction_policy(self, allowed: Permissions) -> str:
+        # CONFIG and INFO need grants the workers' user need not have: then nothing is said.
         try:
-            found = await self.client.config_get("maxmemory-policy")
-            return str(found.get("maxmemory-policy", ""))
+            if allowed.config:
+                found = await self.client.config_get("maxmemory-policy")
+                return str(found.get("maxmemory-policy", ""))
+            if allowed.info:
+                info = await self.client.info("memory")
+                return str(info.get("maxmemory_policy", ""))
         except Exception:
             pass
-        try:
-            info = await self.client.info("memory")
-            return str(info.get("maxmemory_policy", ""))
-        except Exception:
-            return ""
+        return ""
