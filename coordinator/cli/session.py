@@ -12,6 +12,8 @@ from typing import Any
 from urllib.parse import unquote
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.exceptions import RedisClusterException
 
 from coordinator import (
@@ -36,7 +38,7 @@ from coordinator.cli.render import (
     url_password,
     warn,
 )
-from coordinator.store.connect import parse_url
+from coordinator.store.connect import parse_url, plain_redis_at
 
 # -- the session: config, client and output for one invocation -----------------------------------------
 
@@ -79,11 +81,16 @@ class Session:
                 warn(f"{url} keeps state inside this one process; point --redis or ${REDIS_URL_ENV} "
                      "at the fleet's Redis")
             client = None
+            if plain_redis_at(url, CONNECT_TIMEOUT):
+                # Else the TLS handshake would wait for the whole read timeout before saying anything.
+                raise CliError(f"{safe_url(url)} asks for TLS (rediss://) but the port speaks plain Redis, "
+                               "without TLS: use redis:// or the server's TLS port")
             if target.kind == "single":
                 try:
                     client = redis.Redis.from_url(
                         url, decode_responses=True,
                         socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT,
+                        retry=Retry(NoBackoff(), 0),  # an operator wants the answer now, not after retries
                     )
                 except ValueError as exc:
                     raise CliError(f"invalid Redis URL {safe_url(url)!r}: {exc}") from None
