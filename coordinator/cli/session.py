@@ -13,8 +13,8 @@ from urllib.parse import unquote
 
 import redis
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 
 from coordinator import (
     Config,

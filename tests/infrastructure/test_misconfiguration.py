@@ -124,7 +124,7 @@ def test_credentials_that_break_later_are_logged_at_error_and_calls_go_on(
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert calls > 5 and len(errors) == 1, [r.getMessage() for r in errors]
     assert "refused the credentials" in errors[0].getMessage() and "docs/security.md" in errors[0].getMessage()
-    with pytest.raises(co.StoreMisconfiguredError, match="refused the credentials.*park was not applied"):
+    with pytest.raises(co.StoreMisconfiguredError, match=r"refused the credentials.*park was not applied"):
         coord.pool("p").park("k1")
     coord.close()
 
@@ -143,6 +143,6 @@ def test_cli_status_exits_2_for_a_user_that_cannot_run_the_scripts(
         started = time.monotonic()
         code = cli_main(["--config", str(config), "--redis", target, "status"])
         took = time.monotonic() - started
-        out, err = capsys.readouterr()
+        _, err = capsys.readouterr()
         assert code == 2 and told in err and len(err.strip().splitlines()) == 1, err
         assert PASSWORD not in err and took < 2.0, (took, err)
