@@ -40,6 +40,19 @@ from coordinator.cli.render import (
 )
 from coordinator.store.connect import parse_url, plain_redis_at
 
+#: Shorter secrets are not redacted from error text: "a" would turn every letter a into ***. A URL's
+#: password is redacted wherever the URL is shown (``safe_url``), whatever its length.
+MIN_SECRET_LENGTH = 8
+
+
+def redact_secrets(message: str, secrets: list[str]) -> str:
+    """``message`` with every occurrence of a secret of at least MIN_SECRET_LENGTH characters replaced
+    by ``***`` (that long, it appears only where the secret itself leaked, never as letters of a word)."""
+    for secret in sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
+
 # -- the session: config, client and output for one invocation -----------------------------------------
 
 
@@ -124,9 +137,7 @@ class Session:
         return found
 
     def fail(self, exc: BaseException) -> int:
-        message = self.describe(exc)
-        for secret in self.secrets():
-            message = message.replace(secret, "***")
+        message = redact_secrets(self.describe(exc), self.secrets())
         print(f"coordinator: error: {one_line(message)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, get_args
@@ -69,6 +70,10 @@ def _collect_entries(value: Any, out: list[tuple[Any, Any]]) -> None:
             return
         for item in value:
             _collect_entries(item, out)
+
+
+def _is_control(ch: str) -> bool:
+    return unicodedata.category(ch) == "Cc" or "\u202a" <= ch <= "\u202e" or "\u2066" <= ch <= "\u2069"
 
 
 def _nonce() -> str:
@@ -474,7 +479,8 @@ class PoolCodec:
 
     @staticmethod
     def _reason(reason: str) -> str:
-        text = " ".join(str(reason).split())
+        # Shown in every operator's terminal: no escape sequences or bidi overrides, only printable text.
+        text = " ".join("".join(" " if _is_control(ch) else ch for ch in str(reason)).split())
         return text[:200]
 
 

@@ -119,7 +119,7 @@ def test_one_async_coordinator_belongs_to_one_running_loop(redis_url: str, prefi
     thread.start()
     ready.wait(5)
     assert asyncio.run_coroutine_threadsafe(acoord.call("p", lambda m: m.id), other).result(5) == "k0"
-    with pytest.raises(co.CoordinatorError, match="bound to the event loop .* one AsyncCoordinator per event loop"):
+    with pytest.raises(co.CoordinatorError, match=r"bound to the event loop .* one AsyncCoordinator per event loop"):
         asyncio.run(acoord.call("p", lambda m: m.id))
     asyncio.run_coroutine_threadsafe(acoord.aclose(), other).result(5)
     other.call_soon_threadsafe(other.stop)
