@@ -288,9 +288,10 @@ class PoolCodec:
             **self._common(data), member=member_id, parked_until=ms_to_seconds(data.get("parked_until"))
         )
 
-    def merge(self, cooldowns: list[list[Any]]) -> Op[dict[str, Any]]:
-        """After an outage: ``cooldowns`` as [member, remaining ms, kind], merged with ``max()``."""
-        return Op("merge", self._keys, [json.dumps(cooldowns)], self._parse_merge)
+    def merge(self, items: list[list[Any]], reason: str = "") -> Op[dict[str, Any]]:
+        """After an outage or a lost state: ``items`` as merge.lua takes them ([member, remaining ms,
+        kind, ejections, remaining park ms, park reason]), merged with ``max()``."""
+        return Op("merge", self._keys, [json.dumps(items), "", reason], self._parse_merge)
 
     def release(self, selection: Selection) -> Op[dict[str, Any]]:
         """Gives back the probe lease ``selection`` holds (a call cancelled before it could report)."""
@@ -521,3 +522,35 @@ def risky_policy(policy: str) -> str | None:
         return (f"maxmemory-policy is {policy}: when memory runs out Redis may evict a pool's state, and the "
                 "fleet then rebuilds it from what workers remember; use noeviction (see docs/security.md)")
     return None
+
+
+# -- what a worker knows of each member (the stand-in's seed, and what heals a lost state) -------------
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """One member's state as a script reply told it; times are server milliseconds."""
+
+    id: str
+    cooling_until: float = 0.0
+    cooling_kind: str = ""
+    failures: int = 0
+    ejections: int = 0
+    #: -1 until unparked, 0 not parked.
+    parked_until: float = 0.0
+    park_reason: str = ""
+
+
+def decode_states(data: dict[str, Any]) -> dict[str, MemberRecord]:
+    """An acquire reply's ``states``: positional lists as lua/acquire.lua spells them, decoded here
+    only. Entries that do not decode are left out (what is known of the others still helps)."""
+    found = {}
+    for item in data.get("states") or []:
+        try:
+            member_id, cooling, kind, failures, ejections, parked, reason = item
+            record = MemberRecord(str(member_id), float(cooling or 0), str(kind or ""), int(failures or 0),
+                                  int(ejections or 0), float(parked or 0), str(reason or ""))
+        except (TypeError, ValueError):
+            continue
+        found[record.id] = record
+    return found

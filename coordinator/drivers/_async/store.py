@@ -79,6 +79,7 @@ class AsyncStore:
                 if self.breaker.open:  # this call is the probe: bring Redis up to date before using it
                     await self._merge_back()
                 data = await self._call(self.scripts, codec, self.last_known.to_redis(codec, op))
+                data = await self._heal(codec, op, data)
             except Exception as exc:
                 self._down(codec, op, exc)
             else:
@@ -121,6 +122,35 @@ class AsyncStore:
         if self._local is not None:
             await self._local.flushall()
         self._on_resync()
+
+    async def _heal(self, codec: PoolCodec, op: Op[Any], data: dict[str, Any]) -> dict[str, Any]:
+        """A reply under an epoch this worker did not know: Redis lost the pool's state (a flush, an
+        eviction, an empty replica promoted) and a script made a new one, or an operator reset it. After
+        a loss, what this worker knew goes into the new state (merge.lua, atomically, with ``max()``), and
+        a failure it reported under the old token is applied under the new one instead of dropped."""
+        old, new = self.last_known.redis_epoch(codec.name), str(data.get("epoch") or "")
+        if not old or not new or new == old or await self._was_reset(codec, new):
+            return data
+        items = self.last_known.heal_items(codec.name, float(data.get("now", 0)))
+        if items:
+            merged = await self._call(self.scripts, codec, codec.merge(items, "merged after the state was lost"))
+            codec.view.forget()
+            _log.warning("coordinator: pool %r: Redis lost its state (new epoch %s); merged what this worker "
+                         "knew of %d member(s)", codec.name, new, len(items))
+            data = {**data, "generation": merged.get("generation", data.get("generation"))}
+            if op.script == "acquire":  # the choice made on the empty state may be the member just restored as cooling
+                return await self._call(self.scripts, codec, op)
+        if op.script == "report_failure" and data.get("stale") and op.args[1] == old:
+            renewed = Op(op.script, op.keys, [op.args[0], new, str(data.get("generation", 0)), *op.args[3:]],
+                         op.parse, op.operator)
+            return await self._call(self.scripts, codec, renewed)
+        return data
+
+    async def _was_reset(self, codec: PoolCodec, epoch: str) -> bool:
+        """True when an operator's reset made ``epoch`` (then what was known is meant to be forgotten)."""
+        entries = await self.client.xrevrange(codec.events_key, max="+", min="-", count=20)
+        return any((fields or {}).get("epoch") == epoch and (fields or {}).get("type") == "reset"
+                   for _, fields in entries or [])
 
     def _up(self) -> None:
         if self.breaker.succeeded():
