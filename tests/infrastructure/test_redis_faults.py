@@ -149,7 +149,7 @@ def test_a_stalled_redis_costs_one_timeout_not_a_call(stall: str, prefix: str) -
             errors += more
             served = {k: served.get(k, 0) + by.get(k, 0) for k in {*served, *by}}
         assert errors == 0 and served == {"k1": 50}
-        assert slowest < 0.5, f"a call took {slowest:.2f}s: a stalled Redis costs at most one timeout (0.1 s)"
+        assert slowest < 1.0, f"a call took {slowest:.2f}s: a stalled Redis costs one timeout (0.1 s), not the stall"
         if stall == "BUSY script":
             wait_for(lambda: _kill_script(server))
         thread.join(timeout=10)

@@ -157,7 +157,7 @@ def test_rediss_verified_against_the_test_ca(pki: Pki, tls_server: TlsRedisServe
 
     async def run_async() -> list[str]:
         async with co.AsyncCoordinator(tls_server.url(f"ssl_ca_certs={pki.ca_pem}"), [pool_cfg()],
-                                       prefix="tls-async") as coord:
+                                       prefix="tls-async", timeout=2.0) as coord:  # TLS on a busy machine
             pool = coord.pool("openai")
             await pool.report_failure(await pool.acquire(), "auth")
             return [event.type for event in await pool.events()]
