@@ -80,7 +80,7 @@ class Coordinator(CoordinatorBase):
         self._binding = LoopBinding()
         self._pools = {name: Pool(codec, self._store, self._enter, self._start_listener)
                        for name, codec in self._codecs.items()}
-        after_fork_in_child(self, Coordinator._renew)
+        after_fork_in_child(self, Coordinator._after_fork)
         if not self.url.startswith("memory://"):
             # Sync: refuse to start on a misconfiguration (an outage is no reason not to start).
             # Async: a constructor cannot wait; ``coordinator.check()`` says the same.
@@ -99,11 +99,16 @@ class Coordinator(CoordinatorBase):
         if self._binding.rebind():
             self._renew()
 
+    def _after_fork(self) -> None:
+        # The parent's client stays referenced: no finalizer may close it here and wait for its locks.
+        self._abandoned.append(self.client)
+        self._renew()
+
     def _renew(self) -> None:
         """Fresh connections, listener and locks, never the old ones: after a fork (the parent's threads
         may hold their locks, their sockets are the parent's) or when the event loop they belonged to
-        is closed. The old client is never closed here: closing may wait for a lock nobody will release."""
-        self._abandoned.append(self.client)
+        is closed. The old client is never closed here: after a fork closing may wait for a lock nobody
+        will release, and a closed loop can run nothing any more."""
         self._binding = LoopBinding()
         if self._own_client:
             self.client = connect(self.url, self._timeout)
