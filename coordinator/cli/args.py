@@ -13,13 +13,25 @@ from coordinator import (
 # -- argument types ----------------------------------------------------------------------------------
 
 
+#: The longest ``park --for`` / ``rotate --for`` the CLI takes: a park longer than a year is a park
+#: until unparked (leave ``--for`` out), and a typo such as ``99999999h`` must not be applied silently.
+MAX_PARK_SECONDS = 366 * 86400
+MAX_PARK_TEXT = "366d"
+
+
 def duration_arg(text: str) -> float:
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: a duration cannot be negative (e.g. 5s, 2h)")
     try:
         seconds = parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be more than 0")
+    if seconds > MAX_PARK_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: at most {MAX_PARK_TEXT}; leave --for out to park until unparked"
+        )
     return seconds
 
 

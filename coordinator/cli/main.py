@@ -21,6 +21,7 @@ from coordinator.cli.registry import (
     EXIT_USAGE,
     CliError,
     build_parser,
+    join_dash_values,
 )
 from coordinator.cli.session import Session
 
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI and returns its exit code (it never calls ``sys.exit`` itself)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(join_dash_values(list(sys.argv[1:] if argv is None else argv)))
     except SystemExit as exc:  # --help, and usage errors (already printed)
         return _exit_code(exc.code)
     session = Session(args)

@@ -80,6 +80,25 @@ def command(name: str, summary: str, *arguments: Arg, description: str = "") -> 
     return register
 
 
+#: Options whose value may start with "-" (argparse would take ``--for -5s`` for two options).
+VALUE_OPTIONS = ("--for", "--since")
+
+
+def join_dash_values(argv: list[str]) -> list[str]:
+    """``--for -5s`` as ``--for=-5s``, so the value reaches its type check and gets a clear message."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1][1:2].isdigit():
+            out.append(f"{word}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(word)
+        i += 1
+    return out
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line in the CLI's own error format (argparse would print usage plus its own prefix).

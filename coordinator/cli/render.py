@@ -10,6 +10,7 @@ import json
 import math
 import os
 import sys
+import unicodedata
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
@@ -65,7 +66,18 @@ def clock(stamp: float, now: float) -> str:
 
 
 def one_line(text: str) -> str:
-    return " ".join(text.split())
+    """One line of printable text: control characters (escape sequences) become spaces, runs of space one."""
+    return " ".join("".join(" " if _is_control(ch) else ch for ch in text).split())
+
+
+def shown(text: str) -> str:
+    """Text from Redis as a terminal may print it: control characters (escape sequences, bidi overrides)
+    written by anyone who could write the pool, say an older worker, appear escaped, never raw."""
+    return "".join(ch.encode("unicode_escape").decode("ascii") if _is_control(ch) else ch for ch in text)
+
+
+def _is_control(ch: str) -> bool:
+    return unicodedata.category(ch) == "Cc" or "\u202a" <= ch <= "\u202e" or "\u2066" <= ch <= "\u2069"
 
 
 def dump_json(data: Any, *, indent: int | None = 2) -> str:
@@ -175,7 +187,7 @@ def event_text(event: FailoverEvent) -> str:
     if event.retry_at is not None and math.isfinite(event.retry_at):
         details.append(f"retry at {clock(event.retry_at, event.time)}")
     if event.reason:
-        details.append(f"reason: {event.reason}")
+        details.append(f"reason: {shown(event.reason)}")
     stamp = datetime.fromtimestamp(event.time).astimezone().strftime("%Y-%m-%d %H:%M:%S")
     return f"{stamp}  {event.pool}  gen {event.generation:<4} {event.type:<12} {'  '.join(details)}".rstrip()
 
@@ -323,7 +335,7 @@ def _status_view(snap: Snapshot, config: PoolConfig) -> list[Any]:
     for m in snap.members:
         state = member_state(m)
         if state == "parked":
-            until, reason = until_cell(m.parked_until, snap.now), m.reason
+            until, reason = until_cell(m.parked_until, snap.now), shown(m.reason)
         elif state == "cooling":
             until, reason = until_cell(m.cooling_until, snap.now), m.cooling_kind
         else:

@@ -12,7 +12,9 @@ from typing import Any
 from urllib.parse import unquote
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 
 from coordinator import (
     Config,
@@ -36,7 +38,20 @@ from coordinator.cli.render import (
     url_password,
     warn,
 )
-from coordinator.store.connect import parse_url
+from coordinator.store.connect import parse_url, plain_redis_at
+
+#: Shorter secrets are not redacted from error text: "a" would turn every letter a into ***. A URL's
+#: password is redacted wherever the URL is shown (``safe_url``), whatever its length.
+MIN_SECRET_LENGTH = 8
+
+
+def redact_secrets(message: str, secrets: list[str]) -> str:
+    """``message`` with every occurrence of a secret of at least MIN_SECRET_LENGTH characters replaced
+    by ``***`` (that long, it appears only where the secret itself leaked, never as letters of a word)."""
+    for secret in sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
 
 # -- the session: config, client and output for one invocation -----------------------------------------
 
@@ -79,11 +94,16 @@ class Session:
                 warn(f"{url} keeps state inside this one process; point --redis or ${REDIS_URL_ENV} "
                      "at the fleet's Redis")
             client = None
+            if plain_redis_at(url, CONNECT_TIMEOUT):
+                # Else the TLS handshake would wait for the whole read timeout before saying anything.
+                raise CliError(f"{safe_url(url)} asks for TLS (rediss://) but the port speaks plain Redis, "
+                               "without TLS: use redis:// or the server's TLS port")
             if target.kind == "single":
                 try:
                     client = redis.Redis.from_url(
                         url, decode_responses=True,
                         socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=READ_TIMEOUT,
+                        retry=Retry(NoBackoff(), 0),  # an operator wants the answer now, not after retries
                     )
                 except ValueError as exc:
                     raise CliError(f"invalid Redis URL {safe_url(url)!r}: {exc}") from None
@@ -117,9 +137,7 @@ class Session:
         return found
 
     def fail(self, exc: BaseException) -> int:
-        message = self.describe(exc)
-        for secret in self.secrets():
-            message = message.replace(secret, "***")
+        message = redact_secrets(self.describe(exc), self.secrets())
         print(f"coordinator: error: {one_line(message)}", file=sys.stderr, flush=True)
         return EXIT_USAGE
 

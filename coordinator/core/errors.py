@@ -5,7 +5,8 @@
     ├── UnknownPoolError         no pool of that name is configured (also a KeyError)
     ├── UnknownMemberError       no member of that id in the pool (also a KeyError)
     ├── StoreError               the shared state could not be used
-    │   ├── StoreUnavailableError    Redis could not be reached in time
+    │   ├── StoreUnavailableError    Redis could not be reached in time, or cannot serve now
+    │   ├── StoreMisconfiguredError  Redis answers but refuses the credentials, TLS or a grant
     │   └── CorruptStateError        a pool's keys hold something the scripts cannot trust
     ├── PoolExhaustedError       no member of a pool can serve; carries ``retry_at``
     ├── AllMembersFailedError    ``coord.call`` found no member in its pool or chain that served;
@@ -71,6 +72,11 @@ class StoreError(CoordinatorError):
 
 class StoreUnavailableError(StoreError):
     """Redis could not be reached, or did not answer in time."""
+
+
+class StoreMisconfiguredError(StoreError):
+    """Redis answers but refuses this worker: wrong or missing credentials, a TLS handshake that
+    fails, a permission the Redis user lacks. It will not pass by itself; the message names it."""
 
 
 class CorruptStateError(StoreError):

@@ -8,6 +8,7 @@ import io
 import math
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
@@ -23,6 +24,25 @@ from coordinator.store.connect import is_cluster
 from coordinator.store.notices import Notice
 from coordinator.store.schema import KeySchema
 from coordinator.transport.failover import Caller, FailoverTransport
+
+#: Every live coordinator, and what it does in a forked child (see ``after_fork_in_child``).
+_forked: weakref.WeakKeyDictionary[Any, Callable[[Any], None]] = weakref.WeakKeyDictionary()
+
+
+def after_fork_in_child(owner: Any, renew: Callable[[Any], None]) -> None:
+    """After ``os.fork()``, the child runs ``renew(owner)``: a child must never use its parent's
+    connections, listener thread or locks (a parent thread may have held one at the fork)."""
+    _forked[owner] = renew
+
+
+def _in_child() -> None:
+    for owner, renew in list(_forked.items()):
+        with contextlib.suppress(Exception):
+            renew(owner)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_in_child)
 
 
 class CoordinatorBase:

@@ -8,6 +8,7 @@ import the same names from ``io_sync`` (see ``scripts/unasync.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import redis.asyncio
 
 from coordinator.core.config import Member
+from coordinator.core.errors import CoordinatorError
 from coordinator.drivers.base import is_stream, resume
 from coordinator.rules.classify import is_error_response
 from coordinator.rules.plan import Outcome
@@ -25,7 +27,8 @@ T = TypeVar("T")
 
 __all__ = [
     "IS_ASYNC", "CallFn", "Lock", "NoticeListener", "RedisClient", "attempt", "close_quietly", "connect",
-    "default_sleep", "fake_redis", "maybe_await",
+    "LoopBinding", "check_at_start", "close_within", "default_sleep", "fake_redis", "in_background", "maybe_await",
+    "to_thread",
 ]
 
 #: What ``AsyncCoordinator.call`` runs per attempt: a sync or an async function of the member.
@@ -104,3 +107,54 @@ async def attempt(fn: Callable[[Member], Any], member: Member, clock: Callable[[
         await close_quietly(value)
         return Outcome(error=exc, elapsed=clock() - started)
     return Outcome(value=value, result=value, elapsed=clock() - started)
+
+
+async def to_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Runs a blocking helper off the event loop."""
+    return await asyncio.to_thread(fn, *args)
+
+
+class LoopBinding:
+    """An asyncio client's connections belong to the event loop that opened them: the coordinator
+    binds to the loop that first uses it. A loop that is closed or stopped is replaced (``rebind``
+    returns True: the caller renews its connections); another loop running meanwhile is an error."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def rebind(self) -> bool:
+        loop = asyncio.get_running_loop()
+        old = self._loop
+        if old is loop:
+            return False
+        if old is not None and not old.is_closed() and old.is_running():
+            raise CoordinatorError(
+                "this AsyncCoordinator is bound to the event loop that first used it, which is still running "
+                "in another thread; use one AsyncCoordinator per event loop"
+            )
+        self._loop = loop
+        return old is not None
+
+
+def check_at_start(store: Any) -> None:
+    """A constructor cannot wait: an ``AsyncCoordinator`` checks Redis in ``await check()``."""
+
+
+async def close_within(client: Any, seconds: float) -> None:
+    """Closes ``client``, giving up after ``seconds`` (its sockets are dropped with it then)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(client.aclose(), seconds)
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def in_background(make: Callable[[], Awaitable[Any]]) -> None:
+    """Runs ``make()`` on the loop without waiting for it (from a cancelled task, which cannot wait)."""
+    async def run() -> None:
+        with contextlib.suppress(Exception):
+            await make()
+
+    task = asyncio.get_running_loop().create_task(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import redis
 
 from coordinator.core.config import Member
+from coordinator.core.errors import StoreUnavailableError
 from coordinator.drivers.base import is_stream, resume
 from coordinator.rules.classify import is_error_response
 from coordinator.rules.plan import Outcome
@@ -23,7 +24,8 @@ T = TypeVar("T")
 
 __all__ = [
     "IS_ASYNC", "CallFn", "Lock", "NoticeListener", "RedisClient", "attempt", "close_quietly", "connect",
-    "default_sleep", "fake_redis", "maybe_await",
+    "LoopBinding", "check_at_start", "close_within", "default_sleep", "fake_redis", "in_background", "maybe_await",
+    "to_thread",
 ]
 
 #: What ``Coordinator.call`` runs per attempt: a function of the member.
@@ -86,3 +88,34 @@ def attempt(fn: Callable[[Member], Any], member: Member, clock: Callable[[], flo
             return Outcome(error=exc, elapsed=clock() - started)
         return Outcome(value=value, result=resume(first, value), elapsed=clock() - started)
     return Outcome(value=value, result=value, elapsed=clock() - started)
+
+
+def to_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Runs a blocking helper (here, in this thread: the sync driver blocks anyway)."""
+    return fn(*args)
+
+
+class LoopBinding:
+    """A sync coordinator belongs to no event loop (see ``io_async.LoopBinding``)."""
+
+    def rebind(self) -> bool:
+        return False
+
+
+def check_at_start(store: Any) -> None:
+    """A misconfiguration fails the constructor; an outage does not: the first call tries Redis as
+    usual (a start-up check that merely timed out on a busy machine must not send it to the stand-in)."""
+    with contextlib.suppress(StoreUnavailableError):
+        store.check()
+
+
+def close_within(client: Any, seconds: float) -> None:
+    """Closes ``client`` (bounded by its socket timeouts; ``seconds`` matters only to asyncio)."""
+    with contextlib.suppress(Exception):
+        client.close()
+
+
+def in_background(make: Callable[[], Any]) -> None:
+    """Runs ``make()`` now, ignoring its errors (the asyncio twin cannot wait, this one can)."""
+    with contextlib.suppress(Exception):
+        make()

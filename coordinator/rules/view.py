@@ -142,7 +142,8 @@ class PoolView:
         if decision is None:
             return None
         if now >= (decision.expires if self.health.ok else decision.expires_unheard):
-            self._decision = None
+            if self._decision is decision:  # not a newer one another thread just learned
+                self._decision = None
             return None
         return decision
 
@@ -160,17 +161,16 @@ class PoolView:
 
     def success_is_news(self, selection: Selection, now: float) -> bool:
         """False when reporting this success would change nothing in Redis, as far as we know."""
-        if selection.lease:
-            return True
-        decision = self._current(now)
-        if decision is None or selection.epoch != decision.epoch:
-            return True
-        return selection.member.id in decision.dirty
+        return self.quiet_success(selection, now) is None
 
-    def quiet_success(self, selection: Selection, now: float) -> dict[str, Any]:
-        """The reply report_success would have given, for a success that changes nothing."""
-        decision = self._decision
-        assert decision is not None
+    def quiet_success(self, selection: Selection, now: float) -> dict[str, Any] | None:
+        """The reply report_success would have given for a success that changes nothing, or None when
+        it must be reported. One read of the decision: another thread may drop it at any moment."""
+        if selection.lease:
+            return None
+        decision = self._current(now)
+        if decision is None or selection.epoch != decision.epoch or selection.member.id in decision.dirty:
+            return None
         return {"epoch": decision.epoch, "generation": decision.generation, "active": decision.active,
                 "exhausted": False, "now": (now + decision.clock_offset) * 1000.0, "reset": False,
                 "transitioned": False}

@@ -12,6 +12,7 @@ import math
 import os
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, get_args
@@ -73,6 +74,10 @@ def _collect_entries(value: Any, out: list[tuple[Any, Any]]) -> None:
             return
         for item in value:
             _collect_entries(item, out)
+
+
+def _is_control(ch: str) -> bool:
+    return unicodedata.category(ch) == "Cc" or "\u202a" <= ch <= "\u202e" or "\u2066" <= ch <= "\u2069"
 
 
 def _nonce() -> str:
@@ -255,10 +260,8 @@ class PoolCodec:
         """The result of a success that, as far as the view knows, would change nothing in Redis;
         None when it must be reported (``report_success()``)."""
         self._check_selection(selection)
-        now = self.clock()
-        if self.view.success_is_news(selection, now):
-            return None
-        return self._parse_success(self.view.quiet_success(selection, now))
+        quiet = self.view.quiet_success(selection, self.clock())
+        return None if quiet is None else self._parse_success(quiet)
 
     def report_success(self, selection: Selection) -> Op[SuccessResult]:
         self._check_selection(selection)
@@ -292,9 +295,15 @@ class PoolCodec:
             **self._common(data), member=member_id, parked_until=ms_to_seconds(data.get("parked_until"))
         )
 
-    def merge(self, cooldowns: list[list[Any]]) -> Op[dict[str, Any]]:
-        """After an outage: ``cooldowns`` as [member, remaining ms, kind], merged with ``max()``."""
-        return Op("merge", self._keys, [json.dumps(cooldowns)], self._parse_merge)
+    def merge(self, items: list[list[Any]], reason: str = "") -> Op[dict[str, Any]]:
+        """After an outage or a lost state: ``items`` as merge.lua takes them ([member, remaining ms,
+        kind, ejections, remaining park ms, park reason]), merged with ``max()``."""
+        return Op("merge", self._keys, [json.dumps(items), "", reason], self._parse_merge)
+
+    def release(self, selection: Selection) -> Op[dict[str, Any]]:
+        """Gives back the probe lease ``selection`` holds (a call cancelled before it could report)."""
+        self._check_selection(selection)
+        return Op("merge", self._keys, ["[]", selection.lease], self._parse_merge)
 
     def _parse_merge(self, data: dict[str, Any]) -> dict[str, Any]:
         self.view.observe(data)
@@ -478,5 +487,77 @@ class PoolCodec:
 
     @staticmethod
     def _reason(reason: str) -> str:
-        text = " ".join(str(reason).split())
+        # Shown in every operator's terminal: no escape sequences or bidi overrides, only printable text.
+        text = " ".join("".join(" " if _is_control(ch) else ch for ch in str(reason)).split())
         return text[:200]
+
+
+# -- the start-up check (check.lua and the server's eviction policy) ---------------------------------
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """check.lua's reply: what the Redis user may not do that the workers need, and how (if at all)
+    it may read the server's eviction policy."""
+
+    problem: str | None
+    config: bool = False
+    info: bool = False
+
+
+def decode_check(raw: Any) -> Permissions:
+    try:
+        data = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        missing = [name for name in str(data.get("missing") or "").split(",") if name]
+    except (TypeError, ValueError, AttributeError):
+        return Permissions(f"unexpected reply of the permission check: {raw!r}")
+    return Permissions(_missing(missing), bool(data.get("config")), bool(data.get("info")))
+
+
+def _missing(missing: list[str]) -> str | None:
+    if not missing:
+        return None
+    grants = " ".join(f"+{name.lower()}" for name in missing)
+    return (f"the Redis user may not run {', '.join(missing)} on the pools' keys and channel, which the "
+            f"workers' scripts need: grant {grants} (see docs/security.md)")
+
+
+def risky_policy(policy: str) -> str | None:
+    """A warning when Redis' maxmemory-policy may evict the pools' state (it has no TTL, so only the
+    ``allkeys-*`` policies touch it), else None."""
+    if policy.startswith("allkeys-"):
+        return (f"maxmemory-policy is {policy}: when memory runs out Redis may evict a pool's state, and the "
+                "fleet then rebuilds it from what workers remember; use noeviction (see docs/security.md)")
+    return None
+
+
+# -- what a worker knows of each member (the stand-in's seed, and what heals a lost state) -------------
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """One member's state as a script reply told it; times are server milliseconds."""
+
+    id: str
+    cooling_until: float = 0.0
+    cooling_kind: str = ""
+    failures: int = 0
+    ejections: int = 0
+    #: -1 until unparked, 0 not parked.
+    parked_until: float = 0.0
+    park_reason: str = ""
+
+
+def decode_states(data: dict[str, Any]) -> dict[str, MemberRecord]:
+    """An acquire reply's ``states``: positional lists as lua/acquire.lua spells them, decoded here
+    only. Entries that do not decode are left out (what is known of the others still helps)."""
+    found = {}
+    for item in data.get("states") or []:
+        try:
+            member_id, cooling, kind, failures, ejections, parked, reason = item
+            record = MemberRecord(str(member_id), float(cooling or 0), str(kind or ""), int(failures or 0),
+                                  int(ejections or 0), float(parked or 0), str(reason or ""))
+        except (TypeError, ValueError):
+            continue
+        found[record.id] = record
+    return found

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -180,3 +181,20 @@ def connect(url: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
 def connect_async(url: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     """An asyncio client for the URL; the same options as ``connect``."""
     return _connect(url, timeout, _async_flavour())
+
+
+def plain_redis_at(url: str, timeout: float) -> bool:
+    """True when a ``rediss://`` URL points at a port that answers plain Redis: a TLS handshake there
+    only times out, which would look like an outage. One plaintext PING, answered at once by a plain
+    Redis (``+PONG``, or an error asking for credentials); a TLS port answers no such thing."""
+    if not url.startswith("rediss://"):
+        return False
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname or "localhost", parsed.port or 6379), timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"PING\r\n")
+            head = sock.recv(1)
+    except (OSError, ValueError):
+        return False
+    return head in (b"+", b"-")

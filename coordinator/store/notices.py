@@ -15,6 +15,9 @@ bounds a connection that died without an error: redis-py's pub/sub cannot reliab
 TLS connection, so the listener does not ping). If the subscription is lost, views fall back to their
 staleness bound; the listener says so once in the log, keeps trying to resubscribe, and after it
 succeeds drops every view, since notices may have been missed meanwhile.
+
+A subscription counts as made once Redis confirms it. A subscription Redis refuses (a user without
+``+subscribe``) is one lost episode: one log line, and views are not dropped on every retry.
 """
 
 from __future__ import annotations
@@ -82,6 +85,9 @@ class _State:
     def message(self, message: Any) -> None:
         if not message:
             return
+        if message.get("type") in ("subscribe", "ssubscribe"):
+            self.connected()
+            return
         if message.get("type") not in ("message", "smessage"):
             return
         notice = parse_notice(message.get("data"))
@@ -134,17 +140,17 @@ class NoticeListener:
         while not self._stop.is_set():
             pubsub = None
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._client.pubsub()
                 if state.sharded:
                     pubsub.ssubscribe(*state.channels)
                     read = pubsub.get_sharded_message
                 else:
                     pubsub.subscribe(*state.channels)
                     read = pubsub.get_message
-                state.connected()
-                delay = RETRY_MIN
                 while not self._stop.is_set():
                     state.message(read(timeout=POLL))
+                    if state.subscribed.is_set():
+                        delay = RETRY_MIN
             except Exception as exc:  # any failure of the subscription: fall back, retry
                 if self._stop.is_set():
                     break
@@ -157,10 +163,11 @@ class NoticeListener:
                         pubsub.close()
         state.stopped()
 
-    def close(self) -> None:
+    def close(self, timeout: float = POLL * 4) -> None:
+        """Stops the thread, waiting at most ``timeout`` seconds (it is a daemon: it dies with the process)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=POLL * 4)
+            self._thread.join(timeout=timeout)
         self.state.stopped()
 
 
@@ -183,17 +190,18 @@ class AsyncNoticeListener:
         while True:
             pubsub = None
             try:
-                pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+                pubsub = self._client.pubsub()
                 if state.sharded:
                     await pubsub.ssubscribe(*state.channels)
                     read = pubsub.get_sharded_message
                 else:
                     await pubsub.subscribe(*state.channels)
                     read = pubsub.get_message
-                state.connected()
-                delay = RETRY_MIN
                 while True:
                     state.message(await read(timeout=POLL))
+                    _raise_if_cancelling()
+                    if state.subscribed.is_set():
+                        delay = RETRY_MIN
             except asyncio.CancelledError:
                 state.stopped()
                 raise
@@ -206,10 +214,22 @@ class AsyncNoticeListener:
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()
 
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+    async def aclose(self, timeout: float = POLL * 4) -> None:
+        """Cancels the task and waits for it at most ``timeout`` seconds."""
+        task, self._task = self._task, None
         self.state.stopped()
+        if task is None or task.done():
+            return
+        task.cancel()
+        if task.get_loop() is not asyncio.get_running_loop():
+            return  # its loop is gone or another: nothing to wait for here
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait({task}, timeout=timeout)
+
+
+def _raise_if_cancelling() -> None:
+    # redis-py's get_message may swallow a cancellation that meets its own timeout; the listener must
+    # still stop, or aclose() and asyncio.run()'s shutdown wait for it forever.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -7,12 +7,16 @@ from, and lists what the stand-in learned that Redis must hear about when it is 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from coordinator.store.codec import PoolCodec
+from coordinator.store.codec import MemberRecord, Op, PoolCodec, decode_states
+
+#: Scripts whose ARGV starts with member id, token epoch, token generation.
+_TOKEN_SCRIPTS = ("report_failure", "report_success")
 
 
 class LastKnownState:
@@ -21,6 +25,8 @@ class LastKnownState:
     def __init__(self) -> None:
         self._last: dict[str, dict[str, Any]] = {}
         self.seeded: set[str] = set()
+        #: The epoch each pool's stand-in was seeded with, while it runs.
+        self._local_epoch: dict[str, str] = {}
 
     def remember(self, pool: str, data: Mapping[str, Any]) -> None:
         """Keeps the newest picture Redis replies gave: the pointer from any reply, every member's
@@ -29,24 +35,30 @@ class LastKnownState:
             return
         last = self._last.setdefault(pool, {"states": {}})
         last.update(active=data.get("active") or "", server_now=float(data.get("now", 0)),
-                    wall_ms=time.time() * 1000.0)
+                    wall_ms=time.time() * 1000.0, epoch=str(data["epoch"]), generation=str(data.get("generation", 0)))
+        states: dict[str, MemberRecord] = last["states"]
         if "valid_until" in data:
-            last["states"] = {item[0]: list(item) for item in data.get("states") or [] if item}
+            last["states"] = decode_states(dict(data))
         member, until = data.get("member"), data.get("until")
         if "stale" in data and isinstance(member, str) and until:
-            entry = last["states"].get(member) or [member, 0, "", 0, 0, 0, ""]
-            entry[1], entry[2], entry[3] = until, data.get("kind", entry[2]), data.get("failures", 0)
-            last["states"][member] = entry
+            entry = states.get(member) or MemberRecord(member)
+            states[member] = dataclasses.replace(entry, cooling_until=float(until),
+                                                 cooling_kind=str(data.get("kind") or entry.cooling_kind),
+                                                 failures=int(data.get("failures") or 0),
+                                                 ejections=entry.ejections + (1 if data.get("cooled") else 0))
 
     def seed(self, codec: PoolCodec) -> dict[str, str]:
-        """The hash the stand-in starts a pool from: a local epoch, the last known pointer and states."""
+        """The hash the stand-in starts a pool from: a local epoch, the last known pointer and states;
+        the pool counts as seeded from now on."""
         cfg = codec.config
         ids = [m.id for m in cfg.members]
         now_ms = int(time.time() * 1000)
         last = self._last.get(codec.name, {})
         active = last.get("active") if last.get("active") in ids else ""
+        epoch = self._local_epoch[codec.name] = f"local{os.urandom(6).hex()}"
+        self.seeded.add(codec.name)
         fields = {
-            "epoch": f"local{os.urandom(6).hex()}",
+            "epoch": epoch,
             "generation": "0",
             "version": "0",
             "created": str(now_ms),
@@ -59,35 +71,69 @@ class LastKnownState:
         }
         # Server deadlines become deadlines of this machine's clock, which the stand-in's TIME reads.
         shift = last.get("wall_ms", 0.0) - last.get("server_now", 0.0)
-        for item in last.get("states", {}).values():
-            try:
-                member_id, cooling, kind, failures, ejections, parked, reason = item
-            except (TypeError, ValueError):
+        for m in last.get("states", {}).values():
+            if m.id not in ids:
                 continue
-            if member_id not in ids:
-                continue
-            if cooling and float(cooling) > 0:
-                fields[f"{member_id}:cooling_until"] = str(int(float(cooling) + shift))
-                fields[f"{member_id}:cooling_kind"] = str(kind or "")
-            for name, value in (("failures", failures), ("ejections", ejections)):
+            if m.cooling_until > 0:
+                fields[f"{m.id}:cooling_until"] = str(int(m.cooling_until + shift))
+                fields[f"{m.id}:cooling_kind"] = m.cooling_kind
+            for name, value in (("failures", m.failures), ("ejections", m.ejections)):
                 if value:
-                    fields[f"{member_id}:{name}"] = str(int(value))
-            if parked == -1:
-                fields[f"{member_id}:parked_until"] = "forever"
-            elif parked and float(parked) > 0:
-                fields[f"{member_id}:parked_until"] = str(int(float(parked) + shift))
-            if parked and reason:
-                fields[f"{member_id}:park_reason"] = str(reason)
+                    fields[f"{m.id}:{name}"] = str(value)
+            if m.parked_until == -1:
+                fields[f"{m.id}:parked_until"] = "forever"
+            elif m.parked_until > 0:
+                fields[f"{m.id}:parked_until"] = str(int(m.parked_until + shift))
+            if m.parked_until and m.park_reason:
+                fields[f"{m.id}:park_reason"] = m.park_reason
         return fields
+
+    def redis_epoch(self, pool: str) -> str:
+        """The epoch of the last reply Redis gave for ``pool`` ("" before any)."""
+        return str(self._last.get(pool, {}).get("epoch") or "")
+
+    def heal_items(self, pool: str, server_now: float) -> list[list[Any]]:
+        """What this worker knew of ``pool`` before Redis lost it (a flush, an eviction, an empty replica
+        promoted), as merge.lua items [member, remaining cooldown ms, kind, ejections, remaining park ms
+        (-1 until unparked, 0 none), park reason]."""
+        items = []
+        for m in self._last.get(pool, {}).get("states", {}).values():
+            cooling = max(0, int(m.cooling_until - server_now))
+            parked = -1 if m.parked_until == -1 else max(0, int(m.parked_until - server_now))
+            if cooling or m.ejections or parked:
+                items.append([m.id, cooling, m.cooling_kind, m.ejections, parked, m.park_reason])
+        return items
+
+    def to_local(self, codec: PoolCodec, op: Op[Any]) -> Op[Any]:
+        """``op`` for the stand-in: a report made under the token Redis gave (the stand-in started from
+        that very state) counts as made under the stand-in's first token, so it is applied, not stale."""
+        last = self._last.get(codec.name, {})
+        local = self._local_epoch.get(codec.name)
+        if op.script in _TOKEN_SCRIPTS and local and last.get("epoch") and op.args[1] == last["epoch"]:
+            return Op(op.script, op.keys, [op.args[0], local, "0", *op.args[3:]], op.parse, op.operator)
+        return op
+
+    def to_redis(self, codec: PoolCodec, op: Op[Any]) -> Op[Any]:
+        """``op`` for Redis: a report made under a stand-in's token (Redis is back now) counts as made
+        under the last token Redis gave, so it is applied, not dropped as stale."""
+        last = self._last.get(codec.name, {})
+        if op.script in _TOKEN_SCRIPTS and op.args[1].startswith("local") and last.get("epoch"):
+            return Op(op.script, op.keys, [op.args[0], last["epoch"], last["generation"], *op.args[3:]],
+                      op.parse, op.operator)
+        return op
 
     @staticmethod
     def merge_items(fields: Mapping[str, str], now_ms: float) -> list[list[Any]]:
-        """From a stand-in pool hash: every cooldown still running, as [member, remaining ms, kind]. What
-        the worker knew before the outage goes back too: Redis may have come back empty."""
+        """From a stand-in pool hash: every cooldown still running and every ejection count, as merge.lua
+        items [member, remaining ms, kind, ejections]. What the worker knew before the outage goes back
+        too: Redis may have come back empty. (Parks do not: operators' actions wait for Redis.)"""
         items = []
         for field, value in fields.items():
             member, _, name = field.rpartition(":")
-            if name == "cooling_until" and value.isdigit() and int(value) > now_ms:
-                items.append([member, int(int(value) - now_ms), fields.get(f"{member}:cooling_kind", "")])
+            if name != "ejections" or not value.isdigit():
+                continue
+            until = fields.get(f"{member}:cooling_until", "0")
+            remaining = int(until) - now_ms if until.isdigit() else 0
+            items.append([member, int(max(0, remaining)), fields.get(f"{member}:cooling_kind", ""), int(value)])
         return items
 

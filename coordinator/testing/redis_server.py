@@ -67,6 +67,8 @@ class RedisServer:
                 try:
                     client.ping()
                     return
+                except (redis.AuthenticationError, redis.ResponseError):
+                    return  # up, and asking for credentials (--requirepass, ACL users)
                 except redis.ConnectionError:
                     if time.monotonic() > deadline or self.proc.poll() is not None:
                         raise RuntimeError(f"redis-server on port {self.port} did not start") from None

@@ -242,19 +242,22 @@ def test_fifty_reports_of_one_failure_move_the_pointer_once(backend):
     assert event_types(pool) == ["created", "failover"]
 
 
-def test_state_loss_recreates_with_new_epoch(backend, owns_redis):
+def test_state_loss_heals_from_what_the_worker_knew(backend, owns_redis):
     pool = backend.coordinator(pool_config(3)).pool("p")
     old = pool.acquire()
     pool.report_failure(old, "rate_limited", retry_after=600)
+    current = pool.acquire()
+    assert current.member.id == "k1"
     if owns_redis or backend.url.startswith("memory://"):
         backend.raw.flushall()
     else:
         backend.raw.delete(*backend.keys("p"))
-    fresh = pool.acquire()
-    assert fresh.epoch != old.epoch and fresh.member.id == "k0"
-    stale = pool.report_failure(old, "rate_limited", retry_after=600)
-    assert stale.stale and not stale.cooled and stale.active == "k0"
-    assert pool.acquire().member.id == "k0"
+    # The first report after the loss, under the token of the lost state: applied, not dropped.
+    result = pool.report_failure(current, "rate_limited", retry_after=600)
+    assert not result.stale and result.cooled and result.active == "k2" and result.epoch != old.epoch
+    snap = pool.snapshot()
+    assert snap.member("k0").cooling_until is not None, "k0's cooldown came back from the worker's memory"
+    assert pool.acquire().member.id == "k2"
 
 
 def test_script_flush_is_healed(backend):

@@ -5,7 +5,7 @@ can (docs/design.md, "The local view")."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 
@@ -20,23 +20,37 @@ T = TypeVar("T")
 class AsyncPool:
     """One pool's shared state. Get it from the coordinator: ``coordinator.pool(name)``."""
 
-    def __init__(self, codec: PoolCodec, store: AsyncStore, on_use: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, codec: PoolCodec, store: AsyncStore, enter: Callable[[], None] = lambda: None,
+                 on_acquire: Callable[[], None] = lambda: None) -> None:
         self._codec = codec
         self._store = store
-        self._client = store.client
         self.name = codec.name
         self.config = codec.config
+        # The coordinator's check on every use (an async one belongs to one event loop).
+        self._enter = enter
         # Starts the coordinator's change-notice listener, which the local view relies on.
-        self._start_listener = on_use
+        self._start_listener = on_acquire
+
+    @property
+    def _client(self) -> Any:
+        # The store's, which a fork or a new event loop replaces.
+        return self._store.client
 
     async def _run(self, op: Op[T]) -> T:
+        self._enter()
         return await self._store.run(self._codec, op)
+
+    async def _release(self, selection: Selection) -> None:
+        """Gives back the probe lease ``selection`` holds, changing nothing else (a cancelled call)."""
+        if selection.lease:
+            await self._run(self._codec.release(selection))
 
     async def acquire(self, *, recovery_probe: bool = False) -> Selection:
         """The member to use. With ``recovery_probe``, an exhausted pool whose member is back hands that
         member to one caller fleet-wide (its probe, ``selection.probe``) and a degraded selection with
         ``probing`` to the others until the probe served (``coord.call`` asks so: its chain has other
         pools to use meanwhile)."""
+        self._enter()
         self._start_listener()
         local = self._codec.local_acquire()
         return local if local is not None else await self._run(self._codec.acquire(recovery_probe))
@@ -76,6 +90,7 @@ class AsyncPool:
 
     async def events(self, limit: int = 100, *, since: float | None = None) -> list[FailoverEvent]:
         """The newest ``limit`` events (written at or after ``since``, unix seconds), oldest first."""
+        self._enter()
         lower = self._codec.since_id(since)
         try:
             entries = await self._client.xrevrange(self._codec.events_key, max="+", min=lower, count=limit)
@@ -87,6 +102,7 @@ class AsyncPool:
         """Up to ``count`` events written after the event ``last_id``, oldest first; waits up to
         ``block`` seconds for one to arrive. Keep ``block`` below the coordinator's ``timeout`` (0.25 s
         by default; a coordinator for tailing events wants a longer one)."""
+        self._enter()
         args = self._codec.xread_args(last_id, block, count)
         try:
             reply = await self._client.xread(**args)

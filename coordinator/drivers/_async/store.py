@@ -1,14 +1,16 @@
-"""Where a pool's scripts run: Redis, or while Redis is unreachable, a local stand-in.
+"""Where a pool's scripts run: Redis, or while Redis cannot serve, a local stand-in.
 
 A coordinator must never be the reason a call fails (docs/design.md, "When Redis is away"). State
 calls use short timeouts and no blind retries (a mutating script whose reply was lost may already
-have been applied). When Redis does not answer, a ``Breaker`` opens: from then on at most one call
-per ``probe_interval`` tries Redis, and every other call runs the very same Lua scripts on a private
+have been applied). When Redis cannot serve a call for a reason that is not the caller's (unreachable,
+too slow, out of memory, a read-only replica, loading, busy, a cluster down, refused credentials or a
+missing grant: ``redis_errors.trouble``), a ``Breaker`` opens: from then on at most one call per
+``probe_interval`` tries Redis, and every other call runs the very same Lua scripts on a private
 in-process fakeredis, seeded from what this worker last learned of each pool (``LastKnownState``).
-Operator actions are refused while Redis is down, never queued. When a probe succeeds, the
-cooldowns learned during the outage are merged into Redis with ``max()`` (``merge.lua``), the
-stand-in is dropped and every local view is re-read. One log line when the outage starts, one when
-it ends.
+Operator actions are refused meanwhile, never queued, with the reason. When a probe succeeds, what the
+stand-in learned is merged into Redis with ``max()`` (``merge.lua``), the stand-in is dropped and every
+local view is re-read. One log line when an episode starts and one when it ends (a misconfiguration
+is repeated at ERROR once a minute: it does not pass by itself).
 """
 
 from __future__ import annotations
@@ -20,17 +22,23 @@ from typing import Any, TypeVar
 
 import redis
 
-from coordinator.core.errors import StoreUnavailableError
-from coordinator.drivers.io_async import Lock, fake_redis
+from coordinator.core.errors import StoreError, StoreMisconfiguredError, StoreUnavailableError
+from coordinator.drivers.io_async import Lock, fake_redis, to_thread
 from coordinator.rules.outage import DEFAULT_PROBE_INTERVAL, Breaker
-from coordinator.store.codec import Op, PoolCodec
-from coordinator.store.connect import redact
-from coordinator.store.redis_errors import UNAVAILABLE, reraise, short_error
+from coordinator.store.codec import Op, Permissions, PoolCodec, decode_check, risky_policy
+from coordinator.store.connect import plain_redis_at, redact
+from coordinator.store.redis_errors import Trouble, reraise, short_error, trouble
+from coordinator.store.schema import KeySchema
 from coordinator.store.scripts import SCRIPT_NAMES, script_source
 from coordinator.store.standin import LastKnownState
 
 T = TypeVar("T")
 _log = logging.getLogger("coordinator")
+#: How often a misconfiguration that goes on is logged again.
+REPEAT_MISCONFIGURED = 60.0
+#: A new episode of the trouble just announced, sooner than this, is not announced again (a Redis that
+#: refuses writes but serves reads would otherwise log every probe interval).
+QUIET_AFTER = 60.0
 
 
 class AsyncStore:
@@ -38,10 +46,12 @@ class AsyncStore:
 
     def __init__(self, client: Any, codecs: Mapping[str, PoolCodec], url: str,
                  probe_interval: float = DEFAULT_PROBE_INTERVAL, on_resync: Callable[[], None] = lambda: None,
-                 local_fallback: bool = True):
+                 local_fallback: bool = True, timeout: float = 0.25, keys: KeySchema | None = None):
         self.client = client
+        self.keys = keys if keys is not None else KeySchema()
         self.codecs = codecs
         self.url = url
+        self.timeout = timeout
         self.local_fallback = local_fallback
         self.breaker = Breaker(probe_interval)
         self.last_known = LastKnownState()
@@ -50,6 +60,10 @@ class AsyncStore:
         self._local: Any = None
         self._local_scripts: dict[str, Any] = {}
         self._local_lock = Lock()
+        #: Why Redis cannot serve now (None while it can), and what the log last said, when.
+        self.trouble: Trouble | None = None
+        self._announced = False
+        self._said: tuple[str, float] = ("", -QUIET_AFTER)
 
     @staticmethod
     async def _call(scripts: Mapping[str, Any], codec: PoolCodec, op: Op[Any]) -> dict[str, Any]:
@@ -64,17 +78,16 @@ class AsyncStore:
             try:
                 if self.breaker.open:  # this call is the probe: bring Redis up to date before using it
                     await self._merge_back()
-                data = await self._call(self.scripts, codec, op)
-            except UNAVAILABLE as exc:
+                data = await self._call(self.scripts, codec, self.last_known.to_redis(codec, op))
+                data = await self._heal(codec, op, data)
+            except Exception as exc:
                 self._down(codec, op, exc)
-            except redis.RedisError as exc:
-                reraise(codec, exc, op.script)
             else:
-                self.breaker.succeeded()
+                self._up()
                 self.last_known.remember(codec.name, data)
                 return op.parse(data)
         elif op.operator or not self.local_fallback:
-            raise self._refusal(codec, op)
+            raise self._refusal(codec, op, self.trouble or Trouble("Redis is unreachable"))
         return op.parse(await self._run_local(codec, op))
 
     async def _run_local(self, codec: PoolCodec, op: Op[Any]) -> dict[str, Any]:
@@ -86,15 +99,14 @@ class AsyncStore:
                 keys = codec.keys.pool_keys(codec.name)
                 await self._local.delete(*keys)
                 await self._local.hset(keys[0], mapping=self.last_known.seed(codec))
-                self.last_known.seeded.add(codec.name)
         try:
-            return await self._call(self._local_scripts, codec, op)
+            return await self._call(self._local_scripts, codec, self.last_known.to_local(codec, op))
         except redis.RedisError as exc:
             reraise(codec, exc, op.script)
 
     async def _merge_back(self) -> None:
-        """Merges the stand-in's cooldowns into Redis (raising if Redis is still away), then drops it."""
-        await self.client.ping()
+        """Merges what the stand-in learned into Redis (raising if Redis still cannot serve), then drops it."""
+        await self.client.time()
         now_ms = time.time() * 1000.0
         for pool in sorted(self.last_known.seeded):
             codec = self.codecs[pool]
@@ -103,25 +115,140 @@ class AsyncStore:
                 try:
                     await self._call(self.scripts, codec, codec.merge(items))
                 except redis.ResponseError as exc:
+                    if trouble(exc) is not None:
+                        raise
                     _log.warning("coordinator: merging pool %r after the outage was refused: %s", pool, exc)
         self.last_known.seeded.clear()
         if self._local is not None:
             await self._local.flushall()
-        self.breaker.succeeded()
-        _log.warning("coordinator: Redis at %s is back; merged the cooldowns known locally", redact(self.url))
         self._on_resync()
 
-    def _down(self, codec: PoolCodec, op: Op[Any], exc: BaseException) -> None:
-        if self.breaker.failed() and self.local_fallback:
-            _log.warning("coordinator: Redis at %s is unreachable (%s); serving from local state, probing every "
-                         "%gs", redact(self.url), short_error(exc), self.breaker.probe_interval)
-        if op.operator or not self.local_fallback:
-            raise self._refusal(codec, op) from exc
+    async def _heal(self, codec: PoolCodec, op: Op[Any], data: dict[str, Any]) -> dict[str, Any]:
+        """A reply under an epoch this worker did not know: Redis lost the pool's state (a flush, an
+        eviction, an empty replica promoted) and a script made a new one, or an operator reset it. After
+        a loss, what this worker knew goes into the new state (merge.lua, atomically, with ``max()``), and
+        a failure it reported under the old token is applied under the new one instead of dropped."""
+        old, new = self.last_known.redis_epoch(codec.name), str(data.get("epoch") or "")
+        if not old or not new or new == old or await self._was_reset(codec, new):
+            return data
+        items = self.last_known.heal_items(codec.name, float(data.get("now", 0)))
+        if items:
+            merged = await self._call(self.scripts, codec, codec.merge(items, "merged after the state was lost"))
+            codec.view.forget()
+            _log.warning("coordinator: pool %r: Redis lost its state (new epoch %s); merged what this worker "
+                         "knew of %d member(s)", codec.name, new, len(items))
+            data = {**data, "generation": merged.get("generation", data.get("generation"))}
+            if op.script == "acquire":  # the choice made on the empty state may be the member just restored as cooling
+                return await self._call(self.scripts, codec, op)
+        if op.script == "report_failure" and data.get("stale") and op.args[1] == old:
+            renewed = Op(op.script, op.keys, [op.args[0], new, str(data.get("generation", 0)), *op.args[3:]],
+                         op.parse, op.operator)
+            return await self._call(self.scripts, codec, renewed)
+        return data
 
-    def _refusal(self, codec: PoolCodec, op: Op[Any]) -> StoreUnavailableError:
+    async def _was_reset(self, codec: PoolCodec, epoch: str) -> bool:
+        """True when an operator's reset made ``epoch`` (then what was known is meant to be forgotten)."""
+        entries = await self.client.xrevrange(codec.events_key, max="+", min="-", count=20)
+        return any((fields or {}).get("epoch") == epoch and (fields or {}).get("type") == "reset"
+                   for _, fields in entries or [])
+
+    def _up(self) -> None:
+        if self.breaker.succeeded():
+            self.trouble = None
+            if self._announced:
+                self._announced = False
+                _log.warning("coordinator: Redis at %s is back; merged what was learned locally",
+                             redact(self.url))
+
+    def _down(self, codec: PoolCodec, op: Op[Any], exc: Exception) -> None:
+        found = trouble(exc)
+        if found is None:
+            if isinstance(exc, redis.RedisError):
+                reraise(codec, exc, op.script)
+            raise exc
+        self.trouble = found
+        self.breaker.failed()
+        if self.local_fallback:
+            self._announce(found, exc)
+        if op.operator or not self.local_fallback:
+            raise self._refusal(codec, op, found) from exc
+
+    def _announce(self, found: Trouble, exc: BaseException) -> None:
+        now = time.monotonic()
+        said, at = self._said
+        if self._announced:
+            if not (found.misconfigured and now - at >= REPEAT_MISCONFIGURED):
+                return
+        elif said == found.what and now - at < QUIET_AFTER:
+            return
+        self._announced = True
+        self._said = (found.what, now)
+        if found.misconfigured:
+            _log.error("coordinator: %s (Redis at %s: %s); serving calls from local state until it is fixed "
+                       "(see docs/security.md)", found.what, redact(self.url), short_error(exc))
+        else:
+            _log.warning("coordinator: %s (Redis at %s: %s); serving calls from local state, probing every %gs",
+                         found.what, redact(self.url), short_error(exc), self.breaker.probe_interval)
+
+    def _refusal(self, codec: PoolCodec, op: Op[Any], found: Trouble) -> StoreError:
+        kind: type[StoreError] = StoreMisconfiguredError if found.misconfigured else StoreUnavailableError
         if not op.operator:
-            return StoreUnavailableError(f"pool {codec.name!r}: Redis at {redact(self.url)} is unreachable")
-        return StoreUnavailableError(
-            f"pool {codec.name!r}: Redis at {redact(self.url)} is unreachable; {op.script} was not applied "
-            "(operator actions are never queued): retry when Redis is back"
+            return kind(f"pool {codec.name!r}: {found.what} (Redis at {redact(self.url)})")
+        return kind(
+            f"pool {codec.name!r}: {found.what} (Redis at {redact(self.url)}); {op.script} was not applied "
+            "(operator actions are never queued): retry when Redis serves again"
         )
+
+    async def check(self) -> None:
+        """Raises ``StoreMisconfiguredError`` when Redis answers but refuses this worker (credentials,
+        TLS, a permission the workers' scripts need), ``StoreUnavailableError`` when it cannot be
+        reached or cannot serve now; warns when its eviction policy may drop the pools' state."""
+        keys = self.keys.pool_keys(next(iter(self.codecs), "check"))
+        try:
+            await self.client.script_load(script_source("check"))
+            raw = await self.scripts["check"](keys=keys, args=[self.keys.channel])
+        except Exception as exc:
+            found = trouble(exc)
+            if found is None:
+                raise
+            if isinstance(exc, redis.TimeoutError) and await to_thread(plain_redis_at, self.url, self.timeout):
+                found = Trouble("the URL asks for TLS (rediss://) but the port speaks plain Redis", True)
+            if isinstance(exc, redis.exceptions.NoPermissionError):
+                found = Trouble(f"the Redis user may not run the workers' scripts (EVALSHA, SCRIPT LOAD) or use "
+                                f"the pools' keys such as {keys[0]}: {exc}", True)
+            kind = StoreMisconfiguredError if found.misconfigured else StoreUnavailableError
+            detail = "" if found.misconfigured and str(exc) in found.what else f": {short_error(exc, 1000)}"
+            raise kind(f"{found.what} (Redis at {redact(self.url)}){detail}") from None
+        allowed = decode_check(raw)
+        if allowed.problem:
+            raise StoreMisconfiguredError(f"{allowed.problem} (Redis at {redact(self.url)})")
+        policy = await self._eviction_policy(allowed)
+        warning = risky_policy(policy)
+        if warning:
+            _log.warning("coordinator: Redis at %s: %s", redact(self.url), warning)
+
+    def renew(self, client: Any) -> None:
+        """Starts over on ``client`` with fresh locks and no stand-in (after a fork, or a new event
+        loop); what this worker last learned of each pool is kept."""
+        self.client = client
+        self.scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
+        self.breaker = Breaker(self.breaker.probe_interval)
+        self._local = None
+        self._local_scripts = {}
+        self._local_lock = Lock()
+        self.last_known.seeded.clear()
+        self.trouble = None
+        self._announced = False
+
+    async def _eviction_policy(self, allowed: Permissions) -> str:
+        # CONFIG and INFO need grants the workers' user need not have: then nothing is said.
+        try:
+            if allowed.config:
+                found = await self.client.config_get("maxmemory-policy")
+                return str(found.get("maxmemory-policy", ""))
+            if allowed.info:
+                info = await self.client.info("memory")
+                return str(info.get("maxmemory_policy", ""))
+        except Exception:
+            pass
+        return ""

@@ -6,19 +6,22 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from coordinator.core.config import Config, PoolConfig
 from coordinator.drivers._sync.executor import run_plan
 from coordinator.drivers._sync.pool import Pool
 from coordinator.drivers._sync.store import Store
-from coordinator.drivers.base import CoordinatorBase
+from coordinator.drivers.base import CoordinatorBase, after_fork_in_child
 from coordinator.drivers.io_sync import (
     IS_ASYNC,
     CallFn,
+    LoopBinding,
     NoticeListener,
     RedisClient,
     attempt,
+    check_at_start,
+    close_within,
     connect,
     default_sleep,
 )
@@ -55,6 +58,8 @@ class Coordinator(CoordinatorBase):
     """
 
     is_async = IS_ASYNC
+    #: Clients left behind by ``_renew`` (never closed: see there), kept so no finalizer closes them.
+    _abandoned: ClassVar[list[Any]] = []
 
     def __init__(
         self,
@@ -74,16 +79,66 @@ class Coordinator(CoordinatorBase):
         legacy_notices: bool = True,
     ) -> None:
         super().__init__(url, pools, prefix, stream_maxlen, hooks, classifier, staleness, stream_max_age)
+        self._timeout = timeout
+        self._own_client = client is None
+        self._legacy_notices = legacy_notices
         self.client = client if client is not None else connect(url, timeout)
-        channels, sharded = self._notice_channels(self.client, legacy_notices)
-        self._store = Store(self.client, self._codecs, url, probe_interval, self._forget_views, local_fallback)
+        self._store = Store(self.client, self._codecs, url, probe_interval, self._forget_views, local_fallback,
+                                 timeout, self.keys)
         # Started by the first acquire: a coordinator used only for operator actions needs none.
         self._listener: NoticeListener | None = None
+        self._new_listener()
+        self._binding = LoopBinding()
+        self._pools = {name: Pool(codec, self._store, self._enter, self._start_listener)
+                       for name, codec in self._codecs.items()}
+        after_fork_in_child(self, Coordinator._after_fork)
+        if not self.url.startswith("memory://"):
+            # Sync: refuse to start on a misconfiguration (an outage is no reason not to start).
+            # Async: a constructor cannot wait; ``coordinator.check()`` says the same.
+            check_at_start(self._store)
+
+    def _new_listener(self) -> None:
         if self.staleness > 0 and self._codecs:
+            channels, sharded = self._notice_channels(self.client, self._legacy_notices)
             self._listener = NoticeListener(self.client, channels, self._on_notice, self._forget_views, sharded,
                                             self.notice_health)
-        start = self._listener.ensure_started if self._listener is not None else _nothing
-        self._pools = {name: Pool(codec, self._store, start) for name, codec in self._codecs.items()}
+
+    def _start_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.ensure_started()
+
+    def _enter(self) -> None:
+        """Every use: an async coordinator belongs to one event loop (a closed one is replaced)."""
+        if self._binding.rebind():
+            self._renew()
+
+    def _after_fork(self) -> None:
+        # The parent's client stays referenced: no finalizer may close it here and wait for its locks.
+        self._abandoned.append(self.client)
+        self._renew()
+
+    def _renew(self) -> None:
+        """Fresh connections, listener and locks, never the old ones: after a fork (the parent's threads
+        may hold their locks, their sockets are the parent's) or when the event loop they belonged to
+        is closed. The old client is never closed here: after a fork closing may wait for a lock nobody
+        will release, and a closed loop can run nothing any more."""
+        self._binding = LoopBinding()
+        if self._own_client:
+            self.client = connect(self.url, self._timeout)
+        self._store.renew(self.client)
+        self._listener = None
+        self._new_listener()
+        self._forget_views()
+
+    def check(self) -> None:
+        """Asks Redis whether this worker can use it: raises ``StoreMisconfiguredError`` naming the
+        problem when Redis answers but refuses the credentials, the TLS handshake or a permission the
+        workers' scripts need, ``StoreUnavailableError`` when Redis cannot be reached or cannot serve
+        now; returns None when all is well (warning in the log about an ``allkeys-*`` eviction policy).
+        ``Coordinator`` runs it when it is built; call it at start with ``Coordinator``."""
+        self._enter()
+        if not self.url.startswith("memory://"):
+            self._store.check()
 
     @classmethod
     def from_config(cls, config: Config | str | os.PathLike[str], **kwargs: Any) -> Coordinator:
@@ -130,6 +185,7 @@ class Coordinator(CoordinatorBase):
         Raises the caller's own exception unchanged for request, content-policy and context-length
         failures, ``AllMembersFailedError`` when no member served; cancellation propagates at once.
         """
+        self._enter()
         every_hook = [*self.hooks, *hooks] if hooks or self.hooks else []
         first = None
         name = first_pool(pools) if not every_hook and deadline is None and max_retries is None else None
@@ -156,17 +212,14 @@ class Coordinator(CoordinatorBase):
         return result
 
     def close(self) -> None:
+        """Stops the listener and closes the connections, within about ``timeout`` plus a second."""
         if self._listener is not None:
-            self._listener.close()
+            self._listener.close(self._timeout + 1.0)
             self._listener = None
-        self.client.close()
+        close_within(self.client, self._timeout + 1.0)
 
     def __enter__(self) -> Coordinator:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _nothing() -> None:
-    pass

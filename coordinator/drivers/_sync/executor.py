@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from coordinator.core.config import Member
 from coordinator.core.types import Selection
 from coordinator.drivers.base import raise_action, store_call
-from coordinator.drivers.io_sync import attempt, close_quietly, maybe_await
+from coordinator.drivers.io_sync import attempt, close_quietly, in_background, maybe_await
 from coordinator.rules.hooks import CallTrace, Hook, dispatch
 from coordinator.rules.plan import (
     NOTHING,
@@ -65,7 +66,13 @@ def run_plan(
             elif isinstance(action, Attempt):
                 member = action.selection.member
                 trace.attempt(action.selection.pool, member.id, member.model, action.attempt)
-                outcome = attempt(fn, member, plan.clock)
+                try:
+                    outcome = attempt(fn, member, plan.clock)
+                except BaseException:
+                    # Cancelled (or interrupted): a probe lease goes back now, not when its time runs out.
+                    if action.selection.lease:
+                        in_background(functools.partial(pools[action.selection.pool]._release, action.selection))
+                    raise
             else:
                 if isinstance(action, Sleep):
                     maybe_await(sleep(action.seconds))
