@@ -1,4 +1,4 @@
-"""Brings the real compose.yaml up and checks it the way a user would (issue 15).
+"""Brings the real compose.yaml up and checks it the way a user would.
 
 Skipped unless COORDINATOR_COMPOSE=1. `scripts/compose-test` prepares a machine without an image
 registry (podman, a base image made with debootstrap, a wheelhouse) and runs this file; with Docker,
@@ -18,7 +18,8 @@ What it checks, in order (one test, because each step builds on the state the pr
    logs the outage once and its end once, and the new state holds one `failover` (the merged cooldowns)
    and lands on acct-3 again;
 4. `status`, `park` and `unpark` work against the restarted Redis, and the fleet stays on acct-3 after
-   acct-2's cooldown runs out (sticky: no flapping, no extra event);
+   acct-2's cooldown runs out (sticky: no flapping, no extra event); the two alerts replicas post each
+   operator event to the sink exactly once (no key ever twice), and the exporter serves the state;
 5. `compose stop` ends every container by its stop signal within the grace period (no SIGKILL), and
    `down` leaves no container and no network behind.
 
@@ -173,6 +174,18 @@ def logs(name: str) -> list[Line]:
         if text:
             lines.append(Line(parse_stamp(stamp), text))
     return lines
+
+
+def sink_keys() -> dict[str, int]:
+    """How often the alert sink received each Idempotency-Key (it prints one "KEY {json}" line per POST)."""
+    counts: dict[str, int] = {}
+    for container in containers():
+        if container.service == "alert-sink":
+            for line in logs(container.name):
+                key, _, body = line.text.partition(" ")
+                if body.startswith("{"):
+                    counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def status_lines(name: str) -> list[tuple[float, dict[str, Any]]]:
@@ -442,6 +455,26 @@ def test_the_cluster_runs_fails_over_once_survives_a_redis_restart_and_stops_cle
                         "waited_for_acct_2_cooldown_s": round(cooling["left_s"], 1) if cooling else 0}
     seen["calls"] = sum(s["requests"] for s in final.values())
     seen["caller_errors"] = sum(s["errors"] for s in final.values())
+
+    # 4b. Alerts and metrics. The operator's events were written long after every alerts replica was
+    # consuming the new epoch's stream: each reached the sink exactly once, whichever replica sent it,
+    # and no event was ever posted twice. The exporter serves the pool's state from inside the network.
+    wanted = [f"coord:{POOL}:{e['id']}" for e in later[len(events):]]
+
+    def alerted() -> dict[str, int] | None:
+        counts = sink_keys()
+        return counts if all(counts.get(key, 0) >= 1 for key in wanted) else None
+
+    counts = wait_until("the sink to receive the operator's events", alerted, timeout=90)
+    assert all(counts[key] == 1 for key in wanted), counts
+    assert all(n == 1 for n in counts.values()), f"an alert was posted twice: {counts}"
+    scrape = compose("exec", "-T", "metrics", "python", "-c",
+                     "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9464/metrics').read()"
+                     ".decode())", timeout=60).stdout
+    active = [line for line in scrape.splitlines() if line.startswith("coordinator_member_state{")
+              and all(label in line for label in ('member="acct-3"', f'pool="{POOL}"', 'state="active"'))]
+    assert len(active) == 1 and float(active[0].rsplit(" ", 1)[1]) == 1.0, scrape[-2000:]
+    seen["alerts"] = {"posted": sum(counts.values()), "distinct": len(counts), "operator_events_alerted": len(wanted)}
 
     # 5. Stop: each container ends on its stop signal, none needs SIGKILL; down leaves nothing behind.
     stopping = time.monotonic()
