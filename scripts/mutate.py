@@ -27,6 +27,7 @@ import copy
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -371,10 +372,12 @@ class Report:
 
 
 def run_module(module: str, tests: list[str], workers: list[Worker], *, limit: int | None, timeout: float | None,
-               verbose: bool) -> Report:
+               verbose: bool, sample: int | None = None, seed: int = 0) -> Report:
     source = (ROOT / module).read_text()
     lines = source.splitlines()
     todo = mutants(source)
+    if sample is not None and sample < len(todo):
+        todo = sorted(random.Random(seed).sample(todo, sample), key=lambda m: (m.line, m.number))
     if limit is not None:
         todo = todo[:limit]
     args = ["-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *tests]
@@ -420,6 +423,9 @@ def run_module(module: str, tests: list[str], workers: list[Worker], *, limit: i
                 if verbose:
                     status = "survived" if answer == 0 else "killed"
                     print(f"  #{mutant.number} line {mutant.line}: {mutant.description}: {status}", flush=True)
+                elif len(results) % 20 == 0:
+                    alive = sum(1 for a in results.values() if a == 0)
+                    print(f"  {len(results)}/{len(todo)} tested, {alive} survived", flush=True)
 
     threads = [threading.Thread(target=loop, args=(w,)) for w in workers]
     for thread in threads:
@@ -445,6 +451,8 @@ def main() -> int:
     parser.add_argument("--rules", action="store_true", help="every pure-rule module with its unit tests")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (one worktree copy each)")
     parser.add_argument("--max", type=int, default=None, help="test only the first N mutants of each module")
+    parser.add_argument("--sample", type=int, default=None, help="test a random sample of N mutants (an estimate)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per mutant (default 4x the baseline)")
     parser.add_argument("--examples", type=int, default=25, help="hypothesis examples per fuzz test (forked runs)")
     parser.add_argument("--list", action="store_true", help="print the mutants and exit")
@@ -475,6 +483,8 @@ def main() -> int:
         return 0
 
     before = {module: _digest(ROOT / module) for module, _ in plan}
+    # A terminated run still removes its copies (the finally blocks and the temporary directory).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     reports: list[Report] = []
     with tempfile.TemporaryDirectory(prefix="mutate-") as base:
         workers = [Worker(Path(base), n, fork=not options.no_fork, examples=options.examples)
@@ -482,7 +492,7 @@ def main() -> int:
         try:
             for module, tests in plan:
                 report = run_module(module, tests, workers, limit=options.max, timeout=options.timeout,
-                                    verbose=options.verbose)
+                                    verbose=options.verbose, sample=options.sample, seed=options.seed)
                 reports.append(report)
                 print(f"{module}: killed {report.killed}/{report.total} ({100 * report.score:.1f}%), "
                       f"{report.timeouts} by timeout, {report.seconds:.0f}s", flush=True)
