@@ -372,12 +372,15 @@ class Report:
 
 
 def run_module(module: str, tests: list[str], workers: list[Worker], *, limit: int | None, timeout: float | None,
-               verbose: bool, sample: int | None = None, seed: int = 0) -> Report:
+               verbose: bool, sample: int | None = None, seed: int = 0, only: frozenset[int] = frozenset()
+               ) -> Report:
     source = (ROOT / module).read_text()
     lines = source.splitlines()
     todo = mutants(source)
     if sample is not None and sample < len(todo):
         todo = sorted(random.Random(seed).sample(todo, sample), key=lambda m: (m.line, m.number))
+    if only:
+        todo = [m for m in todo if m.number in only]
     if limit is not None:
         todo = todo[:limit]
     args = ["-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *tests]
@@ -452,6 +455,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (one worktree copy each)")
     parser.add_argument("--max", type=int, default=None, help="test only the first N mutants of each module")
     parser.add_argument("--sample", type=int, default=None, help="test a random sample of N mutants (an estimate)")
+    parser.add_argument("--only", default="", help="comma-separated mutant numbers (as --list shows) to test")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per mutant (default 4x the baseline)")
     parser.add_argument("--examples", type=int, default=25, help="hypothesis examples per fuzz test (forked runs)")
@@ -492,7 +496,8 @@ def main() -> int:
         try:
             for module, tests in plan:
                 report = run_module(module, tests, workers, limit=options.max, timeout=options.timeout,
-                                    verbose=options.verbose, sample=options.sample, seed=options.seed)
+                                    verbose=options.verbose, sample=options.sample, seed=options.seed,
+                                    only=frozenset(int(n) for n in options.only.split(",") if n))
                 reports.append(report)
                 print(f"{module}: killed {report.killed}/{report.total} ({100 * report.score:.1f}%), "
                       f"{report.timeouts} by timeout, {report.seconds:.0f}s", flush=True)

@@ -92,7 +92,7 @@ class World:
         return NOW + self.time
 
     def clock(self) -> float:
-        return self.time
+        return 500.0 + self.time  # a monotonic clock does not start at zero
 
     def _available(self, member: str) -> bool:
         return member not in self.parked and self.cooling.get(member, 0.0) <= self.now
@@ -214,6 +214,7 @@ def test_a_lost_success_report_does_not_lose_the_result(caplog: pytest.LogCaptur
         end, _ = run(cfg, world=world)
     assert end == Return(("result", "ok-p0"))
     assert "report_success" in caplog.text and "redis went away" in caplog.text
+    assert [r.name for r in caplog.records] == ["coordinator"], "operators configure this logger by name"
 
 
 def test_a_success_transition_is_announced() -> None:
@@ -493,7 +494,7 @@ def test_wait_never_busy_loops_on_a_recovery_already_due() -> None:
     cfg = pool(n=1, max_wait=1.0)
     world = World({"p": cfg}, cooling={"p0": NOW + 0.001})
     _, world = run(cfg, world=world)
-    assert world.of(Sleep)[0].seconds == MIN_WAIT
+    assert world.of(Sleep)[0].seconds == MIN_WAIT == 0.05
 
 
 def test_wait_policy_gives_up_when_recovery_is_beyond_max_wait() -> None:
@@ -652,6 +653,7 @@ def test_a_lost_preemptive_cooldown_still_returns_the_result(caplog: pytest.LogC
         end, _ = run(cfg, world=world)
     assert end == Return(("result", spent))
     assert "pre-emptive cooldown" in caplog.text
+    assert [r.name for r in caplog.records] == ["coordinator"]
 
 
 @dataclass
@@ -721,3 +723,11 @@ def test_the_default_rng_jitter_stays_under_the_bound() -> None:
     _, world = run(cfg, world=world, rng=None)
     [nap] = world.of(Sleep)
     assert 0.0 <= nap.seconds < 1.0
+
+
+def test_a_closed_plan_asks_for_nothing_more() -> None:
+    plan = CallPlan([pool()], rng=Fixed(0.5))
+    assert isinstance(plan.start(), Acquire)
+    plan.close()
+    with pytest.raises(StopIteration):
+        plan.send(Outcome())
