@@ -184,3 +184,11 @@ def test_a_quiet_success_answers_like_the_script_would() -> None:
         "epoch": "e1", "generation": 3, "active": "a", "exhausted": False, "now": pytest.approx(SERVER_MS + 500),
         "reset": False, "transitioned": False}
     assert learned(active="").quiet_success(sel, 100.0)["active"] is None
+
+
+@pytest.mark.parametrize("fields", [{"lease": "L1"}, {"degraded": True}, {"valid_until": SERVER_MS}])
+def test_a_reply_that_must_not_be_reused_also_drops_the_previous_decision(fields: dict[str, Any]) -> None:
+    view = learned()
+    assert view.selection(100.0) is not None
+    view.learn_acquire(reply(**fields), now=100.5)  # same version: no notice would drop it
+    assert view.selection(100.5) is None

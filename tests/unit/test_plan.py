@@ -83,6 +83,8 @@ class World:
     transient_threshold: int = 3
     #: Extra seconds each sleep takes (a loaded machine oversleeps).
     oversleep: float = 0.0
+    #: The probe lease every acquire hands out (a priority pool's half-open probe).
+    lease: str = ""
     transitioned: bool = False
     failures: dict[str, int] = field(default_factory=dict)
     actions: list[Any] = field(default_factory=list)
@@ -112,7 +114,8 @@ class World:
             for member in cfg.members:
                 if self._available(member.id):
                     return Outcome(value=self.selection(action.pool, member, transitioned=self.transitioned,
-                                                        events=("recovered",) if self.transitioned else ()))
+                                                        events=("recovered",) if self.transitioned else (),
+                                                        lease=self.lease))
             soonest = min(cfg.members, key=lambda m: math.inf if m.id in self.parked else self.cooling[m.id])
             retry = None if soonest.id in self.parked else self.cooling[soonest.id]
             return Outcome(value=self.selection(action.pool, soonest, degraded=True, retry_at=retry))
@@ -731,3 +734,43 @@ def test_a_closed_plan_asks_for_nothing_more() -> None:
     plan.close()
     with pytest.raises(StopIteration):
         plan.send(Outcome())
+
+
+def test_a_recovery_exactly_at_the_deadline_is_not_waited_for() -> None:
+    cfg = pool(n=1, max_wait=60.0)
+    world = World({"p": cfg}, cooling={"p0": NOW + 5.0})
+    end, world = run(cfg, world=world, deadline=5.0)
+    error = failed(end)
+    assert world.of(Sleep) == [] and not error.timed_out
+
+
+def test_a_chain_waits_for_the_soonest_of_its_wait_pools() -> None:
+    first, second = pool("a", n=1, max_wait=10.0), pool("b", n=1, max_wait=10.0)
+    world = World({"a": first, "b": second}, cooling={"a0": NOW + 3.0, "b0": NOW + 1.0})
+    end, world = run(first, second, world=world)
+    assert [s.seconds for s in world.of(Sleep)] == [pytest.approx(1.0)]
+    assert end == Return(("result", "ok-b0"))
+
+
+def test_a_wait_never_sleeps_past_the_deadline() -> None:
+    cfg = pool(n=1, max_wait=10.0)
+    world = World({"p": cfg}, cooling={"p0": NOW + 0.015625})
+    end, world = run(cfg, world=world, deadline=0.03125)  # binary fractions: exact clock arithmetic
+    assert [s.seconds for s in world.of(Sleep)] == [0.03125], "not the 50 ms minimum nap"
+    assert failed(end).timed_out
+
+
+def test_a_member_picked_instead_of_the_probed_one_does_not_carry_the_probe_lease() -> None:
+    cfg = pool(n=2, attempts_per_member=1)
+    world = World({"p": cfg}, script={"p0": [Boom("transient")]}, transient_threshold=99, lease="L1")
+    end, world = run(cfg, world=world)
+    assert end == Return(("result", "ok-p1"))
+    assert [(a.selection.member.id, a.selection.lease) for a in world.of(Attempt)] == [("p0", "L1"), ("p1", "")]
+
+
+def test_a_pool_skipped_for_its_model_is_waited_for_like_an_exhausted_one() -> None:
+    cfg = pool(n=2, max_wait=10.0)
+    world = World({"p": cfg}, skipped={"p": NOW + 2.0})
+    end, world = run(cfg, world=world)
+    assert [s.seconds for s in world.of(Sleep)] == [pytest.approx(2.0)]
+    assert end == Return(("result", "ok-p0"))
