@@ -774,3 +774,12 @@ def test_a_pool_skipped_for_its_model_is_waited_for_like_an_exhausted_one() -> N
     end, world = run(cfg, world=world)
     assert [s.seconds for s in world.of(Sleep)] == [pytest.approx(2.0)]
     assert end == Return(("result", "ok-p0"))
+
+
+def test_degraded_picks_an_untried_member_not_the_one_the_store_names() -> None:
+    cfg = pool(n=2, on_exhausted="degraded", attempts_per_member=1)
+    world = World({"p": cfg}, cooling={"p0": NOW + 9.0}, script={"p1": [Boom("rate_limited", retry_after=1.0)]})
+    end, world = run(cfg, world=world)
+    assert world.attempts() == [("p1", 1), ("p0", 1)], "p1 recovers sooner but already failed in this call"
+    assert end == Return(("result", "ok-p0"))
+    assert world.of(Attempt)[1].selection.degraded
