@@ -392,6 +392,8 @@ def test_model_unavailable_skips_the_whole_pool_for_the_next_one_in_the_chain() 
     assert world.attempts() == [("a0", 1), ("b0", 1)], "a1 and a2 serve the same model: not tried"
     assert world.reports() == [("a0", "model_unavailable", None)]
     assert world.events()[0].next == "next_pool"
+    assert [a.pool for a in world.of(Acquire)] == ["a", "b"], "pool a is not asked again"
+    assert world.of(ReadSnapshot) == []
 
 
 # -- store errors ----------------------------------------------------------------------------------
