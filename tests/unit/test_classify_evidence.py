@@ -353,3 +353,12 @@ def test_headers_alone_are_evidence() -> None:
     error.response = resp(503, text="", headers={"retry-after": "2"})  # type: ignore[attr-defined]
     failure = co.classify(error)
     assert failure.retry_after == 2.0 and not math.isnan(failure.retry_after)
+
+
+def test_a_body_that_is_not_utf8_is_read_not_raised() -> None:
+    error = RuntimeError("x")
+    error.body = b"\xff\xfe upstream broke"  # type: ignore[attr-defined]
+    failure = co.classify(error)
+    assert failure.kind == "transient" and "upstream broke" in failure.message
+    response = httpx.Response(503, content=b"\xff bad gateway", request=httpx.Request("GET", "https://x"))
+    assert "bad gateway" in co.classify(response).message

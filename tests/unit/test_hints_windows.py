@@ -181,3 +181,7 @@ def test_normalize_headers_every_shape() -> None:
     assert normalize_headers(b"retry-after") == {}
     assert normalize_headers(42) == {}
     assert normalize_headers([("é".encode("latin-1"), "é".encode("latin-1"))]) == {"é": "é"}
+
+
+def test_a_window_resetting_within_a_second_still_rests_the_member() -> None:
+    assert preemptive_cooldown({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "500ms"}) == 0.5
