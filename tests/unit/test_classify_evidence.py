@@ -118,6 +118,8 @@ def test_a_non_json_body_becomes_the_message() -> None:
     (400, "prompt is too long: 210000 tokens > 200000 maximum", "context_length"),
     (413, "Request exceeds the context window", "context_length"),
     (400, "Your request was rejected by our safety system", "content_policy"),
+    (400, "Your prompt violates our content policy", "content_policy"),
+    (400, "blocked by the content management policy", "content_policy"),
     (400, "Output blocked by content filtering policy", "content_policy"),
     (403, "You exceeded your current quota, please check your plan", "quota_exhausted"),
     (400, "Your credit balance is too low to access the API", "quota_exhausted"),

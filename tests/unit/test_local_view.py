@@ -76,7 +76,7 @@ def test_zero_or_negative_staleness_never_reuses() -> None:
 
 def test_valid_until_shorter_than_staleness_bounds_the_reuse() -> None:
     view = learned(staleness=10.0, valid_until=SERVER_MS + 2_000)
-    assert view.selection(101.9) is not None
+    assert view.selection(101.999) is not None
     assert view.selection(102.0) is None
 
 
@@ -192,3 +192,11 @@ def test_a_reply_that_must_not_be_reused_also_drops_the_previous_decision(fields
     assert view.selection(100.0) is not None
     view.learn_acquire(reply(**fields), now=100.5)  # same version: no notice would drop it
     assert view.selection(100.5) is None
+
+
+def test_at_the_default_staleness_a_sticky_notice_is_taken_too() -> None:
+    view = PoolView("p", MEMBERS)
+    view.learn_acquire(reply(), now=100.0)
+    view.notice("e1", 8, SimpleNamespace(active="c", generation=5, dirty=()), now=100.2)
+    sel = view.selection(100.3)
+    assert sel is not None and sel.member.id == "c"

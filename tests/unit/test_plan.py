@@ -296,6 +296,7 @@ def test_transient_failures_retry_the_same_member_with_jittered_backoff_then_mov
     assert [s.seconds for s in world.of(Sleep)] == [pytest.approx(0.25), pytest.approx(0.5)]
     assert [e.next for e in world.events()] == ["retry", "retry", "next_member", "return"]
     assert [e.backoff for e in world.events()][:2] == [pytest.approx(0.25), pytest.approx(0.5)]
+    assert world.transitions() == [], "failures below the threshold change no pool state"
 
 
 def test_max_retries_overrides_attempts_per_member() -> None:
@@ -785,3 +786,25 @@ def test_degraded_picks_an_untried_member_not_the_one_the_store_names() -> None:
     assert world.attempts() == [("p1", 1), ("p0", 1)], "p1 recovers sooner but already failed in this call"
     assert end == Return(("result", "ok-p0"))
     assert world.of(Attempt)[1].selection.degraded
+
+
+def test_time_left_after_a_backoff_is_used_for_the_retry() -> None:
+    cfg = pool(n=2, attempts_per_member=2, backoff_base=4.0, backoff_cap=10.0)
+    world = World({"p": cfg}, script={"p0": [Boom("transient")]}, transient_threshold=99)
+    end, world = run(cfg, world=world, deadline=2.5, rng=Fixed(0.5))
+    assert world.attempts() == [("p0", 1), ("p0", 2)], "0.5 s were left after the 2 s backoff"
+    assert end == Return(("result", "ok-p0"))
+
+
+def test_a_backoff_that_ends_exactly_at_the_deadline_ends_the_call() -> None:
+    cfg = pool(n=2, attempts_per_member=3, backoff_base=4.0, backoff_cap=10.0)
+    world = World({"p": cfg}, script={"p0": [Boom("transient")] * 3}, transient_threshold=99, oversleep=0.5)
+    end, world = run(cfg, world=world, deadline=2.5, rng=Fixed(0.5))
+    assert failed(end).timed_out and world.attempts() == [("p0", 1)]
+
+
+def test_a_backoff_as_long_as_the_time_left_is_not_taken() -> None:
+    cfg = pool(n=2, attempts_per_member=3, backoff_base=4.0, backoff_cap=10.0)
+    world = World({"p": cfg}, script={"p0": [Boom("transient")]}, transient_threshold=99)
+    end, world = run(cfg, world=world, deadline=2.0, rng=Fixed(0.5))
+    assert world.of(Sleep) == [] and end == Return(("result", "ok-p1"))
