@@ -364,3 +364,10 @@ def test_a_body_that_is_not_utf8_is_read_not_raised() -> None:
     assert failure.kind == "transient" and "upstream broke" in failure.message
     response = httpx.Response(503, content=b"\xff bad gateway", request=httpx.Request("GET", "https://x"))
     assert "bad gateway" in co.classify(response).message
+
+
+def test_a_response_attribute_that_is_no_response_is_ignored() -> None:
+    error = RuntimeError("odd")
+    error.response = "not a response"  # type: ignore[attr-defined]
+    failure = co.classify(error)
+    assert (failure.kind, failure.status) == ("transient", None)

@@ -85,6 +85,8 @@ class World:
     oversleep: float = 0.0
     #: The probe lease every acquire hands out (a priority pool's half-open probe).
     lease: str = ""
+    #: Failure reports change nothing (another worker already cooled the member).
+    quiet_reports: bool = False
     transitioned: bool = False
     failures: dict[str, int] = field(default_factory=dict)
     actions: list[Any] = field(default_factory=list)
@@ -147,7 +149,8 @@ class World:
                 self.skipped[action.selection.pool] = self.now + self.cooldown
             elif until is not None:
                 self.cooling[member] = until
-            return Outcome(value=FailureResult(pool=action.selection.pool, transitioned=cooled, active=None,
+            return Outcome(value=FailureResult(pool=action.selection.pool,
+                                               transitioned=cooled and not self.quiet_reports, active=None,
                                                epoch="e1", generation=2, exhausted=False, events=("cooled",),
                                                cooled=cooled, cooling_until=until))
         if isinstance(action, ReportSuccess):
@@ -643,7 +646,12 @@ def test_a_success_that_spends_the_window_cools_the_member_at_once() -> None:
     end, world = run(cfg, world=world)
     assert end == Return(("result", spent))
     assert world.reports() == [("p0", "rate_limited", 20.0)]
-    assert world.transitions()[-1].source == "preemptive"
+    assert (world.transitions()[-1].source, world.transitions()[-1].kind) == ("preemptive", "rate_limited")
+    assert world.events()[-1].status == 200, "the attempt event carries the served response's status"
+    world = World({"p": cfg}, script={"p0": [spent]}, quiet_reports=True)
+    run(cfg, world=world)
+    assert world.reports() == [("p0", "rate_limited", 20.0)]
+    assert world.transitions() == [], "a cooldown another worker already made is not announced again"
     roomy = httpx.Response(200, headers={"x-ratelimit-remaining-requests": "5",
                                          "x-ratelimit-reset-requests": "20s"})
     world = World({"p": cfg}, script={"p0": [roomy]})
