@@ -87,6 +87,8 @@ class World:
     lease: str = ""
     #: Failure reports change nothing (another worker already cooled the member).
     quiet_reports: bool = False
+    #: The sticky pointer: acquire names it while it is available, else the first available member.
+    active: str | None = None
     transitioned: bool = False
     failures: dict[str, int] = field(default_factory=dict)
     actions: list[Any] = field(default_factory=list)
@@ -113,7 +115,8 @@ class World:
             if action.pool in self.skipped and self.skipped[action.pool] > self.now:
                 return Outcome(value=self.selection(action.pool, cfg.members[0], degraded=True,
                                                     retry_at=self.skipped[action.pool]))
-            for member in cfg.members:
+            pointed = [m for m in cfg.members if m.id == self.active and self._available(m.id)]
+            for member in pointed + list(cfg.members):
                 if self._available(member.id):
                     return Outcome(value=self.selection(action.pool, member, transitioned=self.transitioned,
                                                         events=("recovered",) if self.transitioned else (),
@@ -816,3 +819,12 @@ def test_a_backoff_as_long_as_the_time_left_is_not_taken() -> None:
     world = World({"p": cfg}, script={"p0": [Boom("transient")]}, transient_threshold=99)
     end, world = run(cfg, world=world, deadline=2.0, rng=Fixed(0.5))
     assert world.of(Sleep) == [] and end == Return(("result", "ok-p1"))
+
+
+@pytest.mark.parametrize(("active", "then"), [("p1", "p2"), ("p2", "p0"), ("p0", "p1")])
+def test_after_a_transient_failure_the_next_member_after_the_pointer_is_tried(active: str, then: str) -> None:
+    cfg = pool(n=3, attempts_per_member=1)
+    world = World({"p": cfg}, script={active: [Boom("transient")]}, transient_threshold=99, active=active)
+    end, world = run(cfg, world=world)
+    assert world.attempts() == [(active, 1), (then, 1)], "as the sticky pointer itself would move"
+    assert end == Return(("result", f"ok-{then}"))
