@@ -49,7 +49,7 @@ RULES: dict[str, list[str]] = {
     "coordinator/rules/hints.py": ["tests/unit/test_hints.py", "tests/unit/test_hints_windows.py"],
     "coordinator/rules/backoff.py": ["tests/unit/test_backoff.py"],
     "coordinator/rules/view.py": ["tests/unit/test_local_view.py"],
-    "coordinator/rules/plan.py": ["tests/unit/test_plan.py"],
+    "coordinator/rules/plan.py": ["tests/unit/test_plan.py", "tests/unit/test_plan_exhausted.py"],
 }
 
 #: Imported by each warm worker before it forks test runs: third-party only, never the package.
