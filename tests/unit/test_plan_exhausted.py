@@ -238,3 +238,19 @@ def test_a_short_secret_is_not_masked_everywhere() -> None:
     end, _ = run(cfg, world=World({"p": cfg}, script={"k": [Boom("auth")]}), classifiers=(says,))
     [cause] = [c for c in failed(end).causes if c.member]
     assert cause.failure is not None and cause.failure.message == "a bad day"
+
+
+def test_a_pool_skipped_for_its_model_is_not_tried_even_degraded() -> None:
+    cfg = pool(n=2, on_exhausted="degraded")
+    world = World({"p": cfg}, skipped={"p": NOW + 60.0})
+    end, world = run(cfg, world=world)
+    assert world.attempts() == [], "its model is unavailable on every member"
+    assert failed(end).retry_at == NOW + 60.0
+
+
+def test_a_parked_member_is_never_tried_even_degraded() -> None:
+    cfg = pool(n=2, on_exhausted="degraded", attempts_per_member=1)
+    world = World({"p": cfg}, parked={"p0"}, script={"p1": [Boom("rate_limited")]})
+    end, world = run(cfg, world=world)
+    assert world.attempts() == [("p1", 1)]
+    assert isinstance(failed(end), AllMembersFailedError)
