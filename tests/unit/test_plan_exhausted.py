@@ -254,3 +254,23 @@ def test_a_parked_member_is_never_tried_even_degraded() -> None:
     end, world = run(cfg, world=world)
     assert world.attempts() == [("p1", 1)]
     assert isinstance(failed(end), AllMembersFailedError)
+
+
+def test_degraded_breaks_a_tie_by_pool_order() -> None:
+    cfg = pool(n=3, on_exhausted="degraded", attempts_per_member=1)
+    world = World({"p": cfg}, cooling={"p1": NOW + 5.0, "p2": NOW + 5.0}, script={"p0": [Boom("auth")]},
+                  cooldown=50.0)
+    end, world = run(cfg, world=world)
+    assert world.attempts() == [("p0", 1), ("p1", 1)]
+    assert end == Return(("result", "ok-p1"))
+
+
+def test_a_six_character_secret_is_masked_too() -> None:
+    cfg = co.PoolConfig(name="p", members=[co.Member(id="k", api_key="s3cr3t")], on_exhausted="fail")
+
+    def leaky(error: object) -> Failure | None:
+        return Failure(kind="auth", message="key s3cr3t rejected")
+
+    end, _ = run(cfg, world=World({"p": cfg}, script={"k": [Boom("auth")]}), classifiers=(leaky,))
+    [cause] = [c for c in failed(end).causes if c.member]
+    assert cause.failure is not None and cause.failure.message == "key *** rejected"
