@@ -364,7 +364,9 @@ def test_a_recovery_exactly_at_the_deadline_is_not_waited_for() -> None:
 
 
 def test_a_chain_waits_for_the_soonest_of_its_wait_pools() -> None:
-    first, second = pool("a", n=1, max_wait=10.0), pool("b", n=1, max_wait=10.0)
+    # No near-recovery wait: this tests the chain's own order (docs/design.md, "The call plan").
+    first = pool("a", n=1, max_wait=10.0, wait_for_recovery=0)
+    second = pool("b", n=1, max_wait=10.0, wait_for_recovery=0)
     world = World({"a": first, "b": second}, cooling={"a0": NOW + 3.0, "b0": NOW + 1.0})
     end, world = run(first, second, world=world)
     assert [s.seconds for s in world.of(Sleep)] == [pytest.approx(1.0)]

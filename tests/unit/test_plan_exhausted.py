@@ -117,14 +117,15 @@ def test_degraded_policy_tries_the_soonest_recovering_member_once() -> None:
 
 
 def test_a_chain_tries_its_next_pool_before_waiting_for_the_first() -> None:
-    first, second = pool("a", n=1), pool("b", n=1)
+    first, second = pool("a", n=1, wait_for_recovery=0), pool("b", n=1, wait_for_recovery=0)
     world = World({"a": first, "b": second}, cooling={"a0": NOW + 1.0})
     end, world = run(first, second, world=world)
     assert end == Return(("result", "ok-b0")) and world.of(Sleep) == []
 
 
 def test_a_chain_waits_for_its_wait_pools_only_when_none_served() -> None:
-    first, second = pool("a", n=1, max_wait=10.0), pool("b", n=1, on_exhausted="fail")
+    first = pool("a", n=1, max_wait=10.0, wait_for_recovery=0)
+    second = pool("b", n=1, on_exhausted="fail", wait_for_recovery=0)
     world = World({"a": first, "b": second}, cooling={"a0": NOW + 3.0, "b0": NOW + 1.0})
     end, world = run(first, second, world=world)
     assert [s.seconds for s in world.of(Sleep)] == [pytest.approx(3.0)]
