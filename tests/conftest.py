@@ -105,6 +105,8 @@ class Backend:
     prefix: str
     is_async: bool
     runner: asyncio.Runner | None = None
+    #: Seconds a worker may reuse an acquire decision; None: the library's default (the local view).
+    staleness: float | None = 0
 
     def __post_init__(self) -> None:
         self._opened: list[Any] = []
@@ -114,8 +116,9 @@ class Backend:
     def coordinator(self, *pools: co.PoolConfig, **kwargs: Any) -> Any:
         kwargs.setdefault("prefix", self.prefix)
         # The behaviour suite checks the scripts' semantics call by call: every acquire asks Redis.
-        # The local view has its own tests (test_view.py).
-        kwargs.setdefault("staleness", 0)
+        # The "-view" cells (the executor suite) run through the local view with the default staleness.
+        if self.staleness is not None:
+            kwargs.setdefault("staleness", self.staleness)
         if self.is_async:
             assert self.runner is not None
             runner = self.runner
@@ -145,9 +148,20 @@ class Backend:
         self.raw.close()
 
 
-@pytest.fixture(params=["redis-sync", "redis-async", "memory-sync", "memory-async", "cluster-sync"])
+CELLS = ["redis-sync", "redis-async", "memory-sync", "memory-async", "cluster-sync"]
+#: The same suites through the local view at the default staleness, on real Redis and memory://.
+VIEW_CELLS = ["redis-sync-view", "memory-async-view"]
+
+
+@pytest.fixture(params=CELLS)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    kind, mode = request.param.split("-")
+    """One cell of the matrix. A suite that also runs through the local view overrides this fixture
+    with ``params=CELLS + VIEW_CELLS`` and the same body (tests/behaviour/test_executor.py)."""
+    yield from make_backend(request)
+
+
+def make_backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    kind, mode, *view = request.param.split("-")
     if kind == "redis":
         url = request.getfixturevalue("redis_url")
     elif kind == "cluster":
@@ -156,7 +170,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         url = f"memory://{uuid.uuid4().hex}"
     prefix = f"t{uuid.uuid4().hex[:10]}"
     runner = asyncio.Runner() if mode == "async" else None
-    b = Backend(request.param, url, prefix, mode == "async", runner)
+    b = Backend(request.param, url, prefix, mode == "async", runner, staleness=None if view else 0)
     try:
         yield b
     finally:

@@ -25,12 +25,12 @@ from coordinator.cli.registry import (
 from coordinator.cli.render import (
     _rich_console,
     _status_view,
-    _stream_order,
     clock,
     drift,
     event_json,
     event_text,
     finite,
+    in_order,
     iso,
     one_line,
     pool_config_json,
@@ -111,14 +111,14 @@ def events(session: Session) -> int:
     if args.since is not None:
         # A duration counts back from Redis' clock, which also stamps the events.
         since = args.since.at if args.since.at is not None else max(0.0, pools[0].snapshot().now - args.since.ago)
-    history: list[FailoverEvent] = []
+    histories: list[list[FailoverEvent]] = []
     cursors: dict[str, str] = {}
     for pool in pools:
         # At least one entry even for --limit 0: the newest id is where --follow starts reading.
         batch = pool.events(limit=max(args.limit, 1), since=since)
         cursors[pool.name] = batch[-1].id if batch else (f"{math.ceil(since * 1000)}-0" if since else "0-0")
-        history.extend(batch)
-    history.sort(key=_stream_order)
+        histories.append(batch)
+    history = in_order(histories)
     shown = history[-args.limit:] if args.limit else []
 
     def emit(event: FailoverEvent) -> None:

@@ -6,11 +6,13 @@ Times are unix seconds plus an ISO 8601 UTC string; a park "until unparked" is `
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import os
 import sys
 import unicodedata
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
@@ -192,9 +194,22 @@ def event_text(event: FailoverEvent) -> str:
     return f"{stamp}  {event.pool}  gen {event.generation:<4} {event.type:<12} {'  '.join(details)}".rstrip()
 
 
-def _stream_order(event: FailoverEvent) -> tuple[int, int, str]:
-    millis, _, seq = event.id.partition("-")
-    return (int(millis), int(seq or 0), event.pool)
+def in_order(histories: Sequence[Sequence[FailoverEvent]]) -> list[FailoverEvent]:
+    """The events of several pools, each list in its pool's stream order, in the order they happened
+    (docs/design.md, "Event order").
+
+    A pool's own order is its stream's and is kept as it is. Pools are interleaved by the server
+    clock the writing script read (``time_us``): scripts on one Redis server run one at a time, so
+    that is the order they ran in (unless the server's clock was stepped back between them). Entries
+    older versions wrote carry only their id's millisecond; on a tie the pool listed first goes first.
+    """
+    return list(heapq.merge(*histories, key=_when))
+
+
+def _when(event: FailoverEvent) -> int:
+    if event.time_us is not None:
+        return event.time_us
+    return int(event.id.partition("-")[0]) * 1000
 
 
 def drift(snap: Snapshot, config: PoolConfig) -> str | None:

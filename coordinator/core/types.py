@@ -144,6 +144,9 @@ class FailoverEvent:
     #: Cooling or park deadline the event set (``math.inf`` for a park until unparked).
     until: float | None = None
     retry_at: float | None = None
+    #: Redis server time in microseconds when the script that wrote the event ran: what orders the
+    #: events of several pools (``id`` orders one pool's). None for entries of older versions.
+    time_us: int | None = field(default=None, compare=False)
 
 
 def ms_to_seconds(value: int | float | str | None) -> float | None:

@@ -74,14 +74,17 @@ def _clamp(seconds: float) -> float | None:
     return min(seconds, MAX_HINT)
 
 
-def parse_seconds(value: str | None) -> float | None:
-    """A plain non-negative number of seconds (``"2"``, ``"1.5"``); None for anything else."""
+def _plain_number(value: str | None) -> float | None:
     if not value:
         return None
     match = _NUMBER.fullmatch(value.strip())
-    if not match:
-        return None
-    return _clamp(float(match.group(1)))
+    return float(match.group(1)) if match else None
+
+
+def parse_seconds(value: str | None) -> float | None:
+    """A plain non-negative number of seconds (``"2"``, ``"1.5"``); None for anything else."""
+    number = _plain_number(value)
+    return None if number is None else _clamp(number)
 
 
 def parse_go_duration(value: str | None) -> float | None:
@@ -182,7 +185,8 @@ def parse_retry_after(value: str | None, reference: float) -> float | None:
 def explicit_retry_after(headers: Any, now: float | None = None) -> float | None:
     """The server's explicit instruction: ``retry-after-ms`` (preferred, finer), else ``retry-after``."""
     h = normalize_headers(headers)
-    millis = parse_seconds(h.get("retry-after-ms"))
+    # Clamped once it is seconds: clamping the milliseconds would cut 40 days to 43 minutes.
+    millis = _plain_number(h.get("retry-after-ms"))
     if millis is not None:
         return _clamp(millis / 1000.0)
     return parse_retry_after(h.get("retry-after"), server_time(h, now))

@@ -48,6 +48,7 @@ T = TypeVar("T")
 DEFAULT_STREAM_MAXLEN = 1_000
 DEFAULT_STREAM_MAX_AGE = 7 * 86400.0
 _STREAM_ID_RE = re.compile(r"^\d+(-\d+)?$")
+_DIGITS_RE = re.compile(r"[0-9]{1,19}")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,13 @@ class Op(Generic[T]):
 
 def _ms(seconds: float) -> str:
     return str(round(seconds * 1000))
+
+
+def _microseconds(value: Any) -> int | None:
+    """An event's ``time_us`` field; None when absent (older versions) or not a plain integer."""
+    if isinstance(value, str) and _DIGITS_RE.fullmatch(value):
+        return int(value)
+    return None
 
 
 def _collect_entries(value: Any, out: list[tuple[Any, Any]]) -> None:
@@ -455,6 +463,7 @@ class PoolCodec:
                     reason=f.get("reason"),
                     until=ms_to_seconds(f.get("until")),
                     retry_at=ms_to_seconds(f.get("retry_at")),
+                    time_us=_microseconds(f.get("time_us")),
                 )
             )
         return events

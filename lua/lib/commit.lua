@@ -1,8 +1,17 @@
 -- lib/commit.lua: writing a changed state back, once, at the end of a script: the hash, one stream entry
 -- per event, one change notice; and the reply every script shares.
 
-local function flatten_event(S, ev)
-  local out = {'type', ev.type, 'pool', ARGV[2], 'epoch', S.epoch, 'generation', tostring(ev.generation)}
+-- The server clock in microseconds. Stream ids count milliseconds and each pool's stream numbers its
+-- own entries, so ids alone cannot order the events of two pools written in the same millisecond;
+-- scripts on one server run one at a time, and this clock reading can.
+local function now_us()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2]))
+end
+
+local function flatten_event(S, ev, time_us)
+  local out = {'type', ev.type, 'pool', ARGV[2], 'epoch', S.epoch, 'generation', tostring(ev.generation),
+               'time_us', time_us}
   for _, k in ipairs({'from', 'to', 'member', 'kind', 'reason', 'until', 'retry_at'}) do
     local v = ev[k]
     if v ~= nil and v ~= '' then
@@ -123,8 +132,9 @@ local function commit(S)
   if #hdel > 0 then redis.call('HDEL', KEYS[1], unpack(hdel)) end
   redis.call('HSET', KEYS[1], unpack(hset))
   local maxlen, max_age = string.match(ARGV[6], '^(%d+) ?(%d*)$')
+  local time_us = #S.events > 0 and now_us() or ''
   for _, ev in ipairs(S.events) do
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen or ARGV[6], '*', unpack(flatten_event(S, ev)))
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen or ARGV[6], '*', unpack(flatten_event(S, ev, time_us)))
   end
   if #S.events > 0 and max_age ~= nil and max_age ~= '' then
     -- Retention by age as well as by count: entries older than max_age go (approximately, whole

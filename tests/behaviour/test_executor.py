@@ -1,7 +1,7 @@
 """The failover executor, ``coord.call``: one behaviour suite on real Redis and memory://, sync and async
-(the ``backend`` fixture), plus explicit asyncio tests for what only async has (coroutines, async
-iterators, task cancellation). Sleeps are injected and recorded; nothing here waits for real except
-where server time itself must pass."""
+(the ``backend`` fixture; here also through the local view at the default staleness), plus explicit
+asyncio tests for what only async has (coroutines, async iterators, task cancellation). Sleeps are
+injected and recorded; nothing here waits for real except where server time itself must pass."""
 
 from __future__ import annotations
 
@@ -17,12 +17,19 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from conftest import CELLS, VIEW_CELLS, Backend, make_backend
 from helpers import fast_policy, members, pool_config, wait_until_available
 from provider_errors import anthropic_error, httpx_response, openai_error, rate_limited, server_error
 from pydantic import SecretStr
 
 import coordinator as co
 from coordinator.rules.plan import Acquire, Attempt, CallPlan, Outcome, Raise, ReadSnapshot, ReportFailure
+
+
+@pytest.fixture(params=CELLS + VIEW_CELLS)
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The matrix, plus cells where acquire decisions come from the local view, as in production."""
+    yield from make_backend(request)
 
 
 class FakeTime:

@@ -340,7 +340,13 @@ def test_events_text_json_limit_since_and_pool_filter(cli: Cli) -> None:
         "acct-1", "acct-2", "quota_exhausted", False)
     assert failover["until"] == pytest.approx(failover["time"] + 3600, abs=1)
     assert lines[2]["until"] is None and lines[2]["forever"] is True and lines[2]["reason"] == "for good"
-    assert [e["id"] for e in lines] == sorted((e["id"] for e in lines), key=lambda i: tuple(map(int, i.split("-"))))
+    # In the order they happened: by server time across pools (ids of two pools may share a
+    # millisecond, so the ids alone say nothing across pools), by stream id within each pool.
+    millis = [int(e["id"].split("-")[0]) for e in lines]
+    assert millis == sorted(millis)
+    for name in ("openai", "rr"):
+        ids = [tuple(map(int, e["id"].split("-"))) for e in lines if e["pool"] == name]
+        assert ids == sorted(ids)
 
     code, out, err = cli("events", "openai", "--limit", "2", "--json")
     assert [strict_json(line)["type"] for line in out.splitlines()] == ["failover", "parked"]
@@ -355,6 +361,27 @@ def test_events_text_json_limit_since_and_pool_filter(cli: Cli) -> None:
     assert len(text) == 3
     assert "failover" in text[1] and "acct-1 -> acct-2" in text[1] and "(quota_exhausted)" in text[1]
     assert "until unparked" in text[2] and "reason: for good" in text[2]
+
+
+def test_events_of_several_pools_are_shown_in_the_order_they_happened(cli: Cli) -> None:
+    # Two writes to one pool, then one to the other, many times over: many of them share a
+    # millisecond, where each pool's stream numbers its own entries 0, 1, ... so sorting by stream id
+    # would put the second pool's write before the first pool's second one.
+    done: list[tuple[str, str]] = []
+    with cli.coordinator() as coord:
+        openai, rr = coord.pool("openai"), coord.pool("rr")
+        for _ in range(25):
+            openai.park("acct-3", seconds=60)
+            openai.unpark("acct-3")
+            rr.park("a", seconds=60)
+            rr.unpark("a")
+            done += [("openai", "parked"), ("openai", "unparked"), ("rr", "parked"), ("rr", "unparked")]
+    code, out, err = cli("events", "--json", "--limit", "1000")
+    assert code == 0, err
+    shown = [(e["pool"], e["type"]) for e in map(strict_json, out.splitlines()) if e["type"] != "created"]
+    assert shown == done
+    text = [line.split() for line in cli("events", "--limit", "1000")[1].splitlines()]
+    assert [(words[2], words[5]) for words in text if words[5] != "created"] == done, "text shows the same order"
 
 
 def test_follow_prints_an_event_written_by_another_process_and_ctrl_c_exits_zero(cli: Cli) -> None:

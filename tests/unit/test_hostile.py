@@ -21,6 +21,7 @@ import math
 import os
 import re
 import string
+import tomllib
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -35,6 +36,7 @@ from redis.crc import key_slot
 
 import coordinator as co
 from coordinator.core.config import ID_PATTERN
+from coordinator.core.kinds import COOLING_KINDS
 from coordinator.rules import hints as _hints
 
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -102,12 +104,33 @@ def test_config_validation_raises_only_validation_errors(data: Any) -> None:
     try:
         config = co.Config.model_validate(data)
     except ValidationError as exc:
-        assert str(exc)
+        assert exc.errors() and all(error["loc"] is not None for error in exc.errors())
         return
+    _assert_usable(config)
+
+
+def _assert_usable(config: co.Config) -> None:
+    """What every accepted config guarantees the rest of the library, whatever it was built from."""
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}", config.redis.prefix)
     for name, pool in config.pools.items():
-        assert name == pool.name
-        for member in pool.members:
-            assert re.fullmatch(ID_PATTERN, member.id)
+        assert name == pool.name and re.fullmatch(ID_PATTERN, name)
+        assert pool.members, "a pool has at least one member"
+        ids = [member.id for member in pool.members]
+        assert len(set(ids)) == len(ids)
+        assert all(re.fullmatch(ID_PATTERN, member_id) for member_id in ids)
+        assert all(1 <= member.weight <= 1000 for member in pool.members)
+        assert pool.strategy in ("sticky", "priority", "round_robin")
+        assert pool.on_exhausted in ("wait", "fail", "degraded")
+        assert 1 <= pool.attempts_per_member <= 100
+        cooldown = pool.cooldown
+        durations = [pool.failback_after, pool.probe_timeout, pool.rotate_for, pool.backoff_base, pool.backoff_cap,
+                     pool.max_wait, cooldown.min, cooldown.max, *(cooldown.base_for(kind) for kind in (
+                         "rate_limited", "quota_exhausted", "auth", "transient", "model_unavailable"))]
+        assert all(isinstance(d, float) and math.isfinite(d) and d >= 0 for d in durations), durations
+        assert cooldown.min <= cooldown.max
+        assert 1.0 <= cooldown.multiplier <= 16.0
+    # Accepted once, accepted again unchanged: what a worker validated is what it runs with.
+    assert co.Config.model_validate(config.model_dump()) == config
 
 
 def _toml_value(value: Any) -> str:
@@ -154,9 +177,13 @@ def _load_only_config_errors(path: Path, content: bytes) -> None:
     with mock.patch.dict(os.environ):
         os.environ.pop("COORDINATOR_REDIS_URL", None)
         try:
-            co.load_config(path)
+            config = co.load_config(path)
         except co.ConfigError as exc:
             assert str(path) in str(exc)
+            return
+    # Loaded: exactly what the file says, and usable.
+    assert config == co.Config.model_validate(tomllib.loads(content.decode("utf-8")))
+    _assert_usable(config)
 
 
 @FUZZ
@@ -693,11 +720,28 @@ def test_hints_from_any_headers_are_none_or_finite_and_capped(
 ) -> None:
     response = _response(429, headers)
     for source in (response.headers, headers, dict(headers)):
-        _assert_hint(_hints.rate_limit_hint(source, now))
-        _assert_hint(_hints.explicit_retry_after(source, now))
-        _assert_hint(_hints.preemptive_cooldown(source, now))
-        for _, _, reset in _hints.rate_limit_buckets(source, now):
-            _assert_hint(reset)
+        hint = _hints.rate_limit_hint(source, now)
+        explicit = _hints.explicit_retry_after(source, now)
+        rest = _hints.preemptive_cooldown(source, now)
+        buckets = _hints.rate_limit_buckets(source, now)
+        for value in (hint, explicit, rest, *(reset for _, _, reset in buckets)):
+            _assert_hint(value)
+        resets = [reset for _, _, reset in buckets]
+        spent = [reset for _, remaining, reset in buckets if remaining is not None and remaining <= 0]
+        # The hint is the server's explicit wait, else the last spent window, else the soonest reset.
+        if explicit is not None:
+            assert hint == explicit
+        else:
+            assert hint == (max(spent) if spent else min(resets) if resets else None)
+        # After a success: rest until the LAST spent window resets; never when none is spent.
+        assert rest == (max(spent) if spent and max(spent) > 0 else None)
+    plain = all(isinstance(value, str) and value.isascii() for _, value in headers)
+    if plain and len({name.lower() for name, _ in headers}) == len(headers):
+        # Header names differ only in case or container: the same reading. (Non-ASCII values are
+        # decoded by httpx in its own way, so they may read differently from the raw pairs.)
+        readings = {repr((_hints.rate_limit_hint(source, now), _hints.preemptive_cooldown(source, now)))
+                    for source in (headers, dict(headers), response.headers)}
+        assert len(readings) == 1, readings
 
 
 @FUZZ
@@ -705,12 +749,21 @@ def test_hints_from_any_headers_are_none_or_finite_and_capped(
 def test_header_value_parsers_never_raise(value: str | bytes, reference: float) -> None:
     if isinstance(value, bytes):
         value = value.decode("latin-1")  # as httpx decodes what is not UTF-8
-    _assert_hint(_hints.parse_seconds(value))
-    _assert_hint(_hints.parse_go_duration(value))
-    _assert_hint(_hints.parse_reset(value, reference))
-    _assert_hint(_hints.parse_retry_after(value, reference))
+    seconds = _hints.parse_seconds(value)
+    duration = _hints.parse_go_duration(value)
+    reset = _hints.parse_reset(value, reference)
+    retry_after = _hints.parse_retry_after(value, reference)
+    for hint in (seconds, duration, reset, retry_after):
+        _assert_hint(hint)
     stamp = _hints.parse_timestamp(value)
     assert stamp is None or isinstance(stamp, float)
+    if seconds is not None:
+        # A plain number is seconds for every reader (below the unix-timestamp range for resets).
+        assert duration == seconds and retry_after == seconds
+        if float(value.strip().lstrip("+")) < 1e9:
+            assert reset == seconds
+    if duration is not None and seconds is None:
+        assert reset == duration, "a Go duration is a relative reset"
 
 
 @FUZZ
@@ -722,9 +775,15 @@ def test_classify_any_error_response_never_raises(status: int, headers: list[tup
     assert failure.status == status
     _assert_hint(failure.retry_after)
     assert str(failure)
+    assert failure.cools == (failure.kind in COOLING_KINDS)
+    if failure.kind not in ("rate_limited", "quota_exhausted", "transient", "model_unavailable"):
+        assert failure.retry_after is None, "only kinds that rest a member carry a hint"
     error = httpx.HTTPStatusError("boom", request=httpx.Request("GET", "http://x"),
                                   response=_response(status, headers, body))
-    _assert_hint(co.classify(error, now=now).retry_after)
+    wrapped = co.classify(error, now=now)
+    # The exception carries the response: the same evidence, the same meaning.
+    assert (wrapped.kind, wrapped.status, wrapped.retry_after, wrapped.code) == (
+        failure.kind, failure.status, failure.retry_after, failure.code)
 
 
 def test_hints_feed_the_store_safely() -> None:
