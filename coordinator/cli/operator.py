@@ -27,7 +27,6 @@ from coordinator.cli.render import (
     _status_view,
     clock,
     drift,
-    event_json,
     event_text,
     finite,
     in_order,
@@ -41,6 +40,7 @@ from coordinator.cli.render import (
     warn,
 )
 from coordinator.cli.session import Session
+from coordinator.observe.webhook import event_json
 from coordinator.store.connect import parse_url
 
 

@@ -147,29 +147,6 @@ def snapshot_json(snap: Snapshot, config: PoolConfig) -> dict[str, Any]:
     }
 
 
-def event_json(event: FailoverEvent) -> dict[str, Any]:
-    until = finite(event.until)
-    return {
-        "id": event.id,
-        "pool": event.pool,
-        "type": event.type,
-        "time": event.time,
-        "time_iso": iso(event.time),
-        "epoch": event.epoch,
-        "generation": event.generation,
-        "from": event.from_member,
-        "to": event.to_member,
-        "member": event.member,
-        "kind": event.kind,
-        "reason": event.reason or None,
-        "until": until,
-        "until_iso": iso(until),
-        "forever": event.until is not None and math.isinf(event.until),
-        "retry_at": finite(event.retry_at),
-        "retry_at_iso": iso(finite(event.retry_at)),
-    }
-
-
 def event_text(event: FailoverEvent) -> str:
     details = []
     if event.from_member and event.to_member:

@@ -16,8 +16,8 @@ import pytest
 
 import coordinator as co
 from coordinator.cli.main import main
-from coordinator.cli.render import event_json as cli_event_json
 from coordinator.observe.alerts import AlertOptions, run_alerts
+from coordinator.observe.webhook import event_json as cli_event_json  # the CLI prints the same shape
 from coordinator.observe.webhook import redact_url, scrubber
 
 from .webhook_server import WebhookServer, wait_for
