@@ -86,7 +86,8 @@ class _State:
         if not message:
             return
         if message.get("type") in ("subscribe", "ssubscribe"):
-            self.connected()
+            if not self.subscribed.is_set():  # one confirmation per channel; the first one counts
+                self.connected()
             return
         if message.get("type") not in ("message", "smessage"):
             return

@@ -103,8 +103,8 @@ local function commit(S)
       -- A state of an older release that passed the full validation: stamped (and indexed) in place,
       -- no version, no notice: nothing anyone decides on changed.
       local fields, gone = derived(S)
-      if gone then redis.call('HDEL', KEYS[1], gone) end
       redis.call('HSET', KEYS[1], unpack(fields))
+      if gone then redis.call('HDEL', KEYS[1], gone) end
     end
     return
   end
@@ -127,10 +127,14 @@ local function commit(S)
   local fields, gone = derived(S)
   for _, v in ipairs(fields) do hset[#hset + 1] = v end
   local hdel = {}
-  for f, _ in pairs(S.del) do hdel[#hdel + 1] = f end
+  for f, _ in pairs(S.del) do
+    if S.set[f] == nil then hdel[#hdel + 1] = f end
+  end
   if gone then hdel[#hdel + 1] = gone end
-  if #hdel > 0 then redis.call('HDEL', KEYS[1], unpack(hdel)) end
+  -- HSET first: Redis refuses it when out of memory, before anything is written. HDEL is allowed
+  -- then, and once a script has written, Redis lets it go on writing: a half-applied change.
   redis.call('HSET', KEYS[1], unpack(hset))
+  if #hdel > 0 then redis.call('HDEL', KEYS[1], unpack(hdel)) end
   local maxlen, max_age = string.match(ARGV[6], '^(%d+) ?(%d*)$')
   local time_us = #S.events > 0 and now_us() or ''
   for _, ev in ipairs(S.events) do

@@ -208,8 +208,9 @@ def test_a_user_without_subscribe_costs_one_log_line(redis_url: str, prefix: str
     caplog.set_level(logging.INFO, logger="coordinator")
     admin = redis.Redis.from_url(redis_url, decode_responses=True)
     name, password = f"u{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
-    grants = [f"~{prefix}:{{*", f"&{prefix}:changes", "+evalsha", "+script|load", "+time", "+hgetall", "+hset",
-              "+hdel", "+xadd", "+publish", "+xrevrange", "+subscribe", "+type"]
+    grants = [f"~{prefix}:{{*", f"&{prefix}:changes", f"&{prefix}:changes:{{*", "+evalsha", "+script|load", "+time",
+              "+hgetall", "+hmget", "+hstrlen", "+hset", "+hdel", "+xadd", "+xtrim", "+publish", "+xrevrange",
+              "+subscribe", "+type"]
     admin.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}", *grants)
     host = redis_url.split("://", 1)[1]
     coord = co.Coordinator(f"redis://{name}:{password}@{host}", [cfg()], prefix=prefix, staleness=1)

@@ -21,8 +21,10 @@ import coordinator as co
 from coordinator.cli.main import main as cli_main
 
 PASSWORD = "pw-" + uuid.uuid4().hex
-GRANTS = ["~coord:{*", "&coord:changes", "+evalsha", "+script|load", "+type", "+time", "+hgetall", "+hset", "+hdel",
-          "+xadd", "+publish", "+del", "+xrevrange", "+xread", "+subscribe"]
+#: The documented worker user (docs/security.md).
+GRANTS = ["~coord:{*", "&coord:changes", "&coord:changes:{*", "+evalsha", "+script|load", "+type", "+time", "+hgetall",
+          "+hmget", "+hstrlen", "+hset", "+hdel", "+xadd", "+xtrim", "+publish", "+del", "+xrevrange", "+xread",
+          "+subscribe"]
 
 
 def cfg() -> co.PoolConfig:

@@ -80,8 +80,9 @@ class AsyncCoordinator(CoordinatorBase):
         super().__init__(url, pools, prefix, stream_maxlen, hooks, classifier, staleness, stream_max_age)
         self._timeout = timeout
         self._own_client = client is None
-        self._legacy_notices = legacy_notices
         self.client = client if client is not None else connect(url, timeout)
+        # Where every write publishes its notice, whether or not this worker listens (staleness 0).
+        self._channels, self._sharded = self._notice_channels(self.client, legacy_notices)
         self._store = AsyncStore(self.client, self._codecs, url, probe_interval, self._forget_views, local_fallback,
                                  timeout, self.keys)
         # Started by the first acquire: a coordinator used only for operator actions needs none.
@@ -98,9 +99,8 @@ class AsyncCoordinator(CoordinatorBase):
 
     def _new_listener(self) -> None:
         if self.staleness > 0 and self._codecs:
-            channels, sharded = self._notice_channels(self.client, self._legacy_notices)
-            self._listener = NoticeListener(self.client, channels, self._on_notice, self._forget_views, sharded,
-                                            self.notice_health)
+            self._listener = NoticeListener(self.client, self._channels, self._on_notice, self._forget_views,
+                                            self._sharded, self.notice_health)
 
     def _start_listener(self) -> None:
         if self._listener is not None:
