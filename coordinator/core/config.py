@@ -290,7 +290,8 @@ def load_config(path: str | os.PathLike[str] = "coordinator.toml") -> Config:
     """
     file = Path(path)
     try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        # Bytes, not read_text(): universal newlines would turn a lone CR, which TOML forbids, into "\n".
+        raw = tomllib.loads(file.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{file}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -164,6 +164,7 @@ def _load_only_config_errors(path: Path, content: bytes) -> None:
 @example(b"[pools.p]\nmembers = [{id = 'a'}]\nfailback_after = " + b"9" * 5000)  # beyond int() digit limit
 @example(b"[pools.p]\nmembers = [{id = 'a'}]\nfailback_after = " + b"9" * 400)  # beyond float range
 @example(b"\xff\xfe[redis]")
+@example(b"\r")  # a lone CR is not TOML; universal newlines once read it as an empty file
 def test_load_config_raises_only_config_errors(tmp_path_factory: pytest.TempPathFactory, content: bytes) -> None:
     _load_only_config_errors(tmp_path_factory.getbasetemp() / "fuzz.toml", content)
 
