@@ -100,9 +100,12 @@ class AsyncStore:
                 await self._local.delete(*keys)
                 await self._local.hset(keys[0], mapping=self.last_known.seed(codec))
         try:
-            return await self._call(self._local_scripts, codec, self.last_known.to_local(codec, op))
+            data = await self._call(self._local_scripts, codec, self.last_known.to_local(codec, op))
         except redis.RedisError as exc:
             reraise(codec, exc, op.script)
+        # The stand-in's transitions are this worker's alone: only a transition Redis made is the fleet's
+        # one (docs/design.md, "Tokens and exactly-once events"), so no hook fires for a local one.
+        return {**data, "transitioned": False}
 
     async def _merge_back(self) -> None:
         """Merges what the stand-in learned into Redis (raising if Redis still cannot serve), then drops it."""
