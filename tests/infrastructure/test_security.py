@@ -266,7 +266,8 @@ def workload(url: str, prefix: str = "coord", **options: Any) -> None:
         sel = pool.acquire()
         pool.report_failure(sel, "transient")  # counts a failure, cools nothing yet
         pool.report_success(pool.acquire())  # resets the count: HDEL
-        assert pool.report_failure(pool.acquire(), "rate_limited", retry_after=60).transitioned
+        # cooled, not transitioned: a worker missing a grant is served by its stand-in, whose moves fire no hook
+        assert pool.report_failure(pool.acquire(), "rate_limited", retry_after=60).cooled
         pool.park("acct-3", seconds=600, reason="quota")
         pool.unpark("acct-3")
         pool.rotate(reason="manual")
