@@ -28,9 +28,7 @@ from coordinator.cli.render import (
     clock,
     drift,
     event_text,
-    finite,
     in_order,
-    iso,
     one_line,
     pool_config_json,
     pool_config_text,
@@ -40,7 +38,7 @@ from coordinator.cli.render import (
     warn,
 )
 from coordinator.cli.session import Session
-from coordinator.observe.webhook import event_json
+from coordinator.observe.webhook import event_json, finite, iso
 from coordinator.store.connect import parse_url
 
 

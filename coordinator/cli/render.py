@@ -13,7 +13,7 @@ import os
 import sys
 import unicodedata
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlparse
 
@@ -29,19 +29,10 @@ from coordinator.cli.registry import (
     RICH_HINT,
     CliError,
 )
+from coordinator.observe.webhook import finite, iso
 from coordinator.store.connect import parse_url, redact
 
 # -- formatting --------------------------------------------------------------------------------------
-
-
-def iso(stamp: float | None) -> str | None:
-    if stamp is None or not math.isfinite(stamp):
-        return None
-    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def finite(stamp: float | None) -> float | None:
-    return stamp if stamp is not None and math.isfinite(stamp) else None
 
 
 def span(seconds: float) -> str:

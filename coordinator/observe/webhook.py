@@ -94,13 +94,13 @@ def iso(stamp: float | None) -> str | None:
     return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _finite(stamp: float | None) -> float | None:
+def finite(stamp: float | None) -> float | None:
     return stamp if stamp is not None and math.isfinite(stamp) else None
 
 
 def event_json(event: FailoverEvent) -> dict[str, Any]:
     """The event as ``coordinator events --json`` prints it (README: CLI JSON output)."""
-    until = _finite(event.until)
+    until = finite(event.until)
     return {
         "id": event.id,
         "pool": event.pool,
@@ -117,8 +117,8 @@ def event_json(event: FailoverEvent) -> dict[str, Any]:
         "until": until,
         "until_iso": iso(until),
         "forever": event.until is not None and math.isinf(event.until),
-        "retry_at": _finite(event.retry_at),
-        "retry_at_iso": iso(_finite(event.retry_at)),
+        "retry_at": finite(event.retry_at),
+        "retry_at_iso": iso(finite(event.retry_at)),
     }
 
 
