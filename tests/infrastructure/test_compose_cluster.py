@@ -75,7 +75,9 @@ STATUS_LINE = re.compile(
     r"active=(?P<active>\S+) generation=(?P<generation>\d+)"
 )
 #: `logs -t` stamps; podman 4.3 glues a line written in two parts to the next stamp, so split on them.
-STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)) ?")
+#: A stamp is always followed by a space; an ISO time inside a logged JSON body ("time_iso": "...Z")
+#: is quoted, so it is not taken for one.
+STAMP = re.compile(r"(?<!\")(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)) ")
 #: The one line a worker logs when Redis stops answering, and the one when it answers again.
 #: A worker's one line when Redis stops serving it (whatever the trouble), and its one line when it is back.
 OUTAGE_START = re.compile(r"serving (calls )?from local state")
