@@ -31,6 +31,11 @@ Strategy = Literal["sticky", "priority", "round_robin"]
 #: What ``coord.call`` does with a pool whose members are all cooling or parked
 #: (docs/design.md, "When every member is unavailable").
 ExhaustedPolicy = Literal["wait", "fail", "degraded"]
+#: Whether a member is asked to finish a stream another member broke, from an assistant prefill
+#: (docs/design.md, "Continuation"): ``"auto"`` decides by the request's API (Anthropic Messages,
+#: ``/v1/messages``: yes; OpenAI Chat Completions and Responses: no), ``"prefill"`` always (an
+#: OpenAI-compatible server that continues a final assistant message), ``"off"`` never.
+ContinuationMode = Literal["auto", "prefill", "off"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -111,6 +116,8 @@ class Member(_Model):
     base_url: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     weight: int = Field(default=1, ge=1, le=1000)
+    #: This member's own ``continuation`` setting; None (the default) takes the pool's.
+    continuation: ContinuationMode | None = None
 
     @field_validator("id")
     @classmethod
@@ -213,6 +220,12 @@ class PoolConfig(_Model):
     #: before moving down the chain. 0 moves on at once.
     wait_for_recovery: Duration = 3.0
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    #: Whether this pool's members finish a broken stream from an assistant prefill (members may say
+    #: otherwise): ``"auto"`` (Anthropic Messages yes, OpenAI no), ``"prefill"`` or ``"off"``.
+    continuation: ContinuationMode = "auto"
+
+    def continuation_of(self, member: Member) -> ContinuationMode:
+        return member.continuation if member.continuation is not None else self.continuation
 
     @field_validator("name")
     @classmethod

@@ -113,6 +113,8 @@ class Verdict:
     error: Any = None
     #: Why the event cannot be read, when it cannot.
     malformed: str | None = None
+    #: The event's data as parsed JSON (None for ``[DONE]``, pings, comments), for the stream's transcript.
+    payload: Any = None
 
 
 _NOTHING = Verdict()
@@ -135,10 +137,12 @@ def judge(fmt: SseFormat, event: SseEvent) -> Verdict:
     if not isinstance(payload, dict):
         return Verdict(malformed=f"event {event.name or 'message'!r} has data that is not a JSON object")
     if fmt == "chat":
-        return _judge_chat(payload)
-    if fmt == "responses":
-        return _judge_responses(event.name, payload)
-    return _judge_messages(event.name, payload)
+        verdict = _judge_chat(payload)
+    elif fmt == "responses":
+        verdict = _judge_responses(event.name, payload)
+    else:
+        verdict = _judge_messages(event.name, payload)
+    return Verdict(verdict.content, verdict.terminal, verdict.error, verdict.malformed, payload)
 
 
 def _judge_chat(payload: dict[str, Any]) -> Verdict:

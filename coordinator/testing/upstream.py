@@ -6,7 +6,11 @@ behaves as scripted: healthy, rate limited, quota exhausted, failing after N req
 (never answering, slow headers, a slow first token, a stream cut, stalled, malformed or carrying an
 error event after N events). It answers ``POST /v1/chat/completions`` (OpenAI, JSON or SSE),
 ``POST /v1/responses`` (OpenAI Responses, SSE) and ``POST /v1/messages`` (Anthropic, JSON or SSE) with
-bodies the official SDKs parse, and records what it saw per key: counts, statuses, arrival times.
+bodies the official SDKs parse, and records what it saw per key: counts, statuses, arrival times,
+and the assistant prefill of each request (``prefills(key)``). A request whose messages end with an
+assistant message is a continuation: an account that accepts prefills (the default) streams the rest
+of its answer after that text, one that refuses them (``set(key, ..., prefill="reject")``) answers 400
+as Anthropic does for a model without prefill.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class Account:
     served: int = 0
     #: monotonic time until which this account told callers (with a 429) to stay away
     resting_until: float = 0.0
+    #: "accept": a request ending in an assistant message is continued; "reject": answered with a 400.
+    prefill: str = "accept"
 
 
 @dataclass
@@ -77,6 +83,8 @@ class UpstreamStats:
     arrivals: dict[str, list[float]] = field(default_factory=dict)
     #: Requests that arrived at an account inside a rest window it had already announced with a 429.
     hit_while_cooling: int = 0
+    #: Per key, the assistant prefill of each request in arrival order (None: the request had none).
+    prefills: dict[str, list[str | None]] = field(default_factory=dict)
 
 
 def _openai_error(status: int, kind: str, code: str | None, message: str) -> dict[str, Any]:
@@ -152,6 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
     # -- plumbing --------------------------------------------------------------------------------
 
     _on_send: Any = None
+    #: Pieces of the answer the request's prefill already holds (a continuation streams the rest).
+    _skip: int = 0
 
     def _send_json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         if self._on_send is not None:
@@ -235,10 +245,12 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("authorization", "")
         key = self.headers.get("x-api-key") or (auth[7:] if auth.lower().startswith("bearer ") else "")
         upstream = self.server.upstream
-        behaviour, retry_after = upstream.next_behaviour(key)
+        prefill = _prefill_of(body)
+        behaviour, retry_after = upstream.next_behaviour(key, prefill)
         account = upstream.account(key)
         model = str(body.get("model") or "unknown-model")
         stream = bool(body.get("stream"))
+        self._skip = _continues_at(upstream.pieces, prefill)
         rest = 3600.0 if behaviour == "quota" else retry_after if behaviour.startswith("rate_limited") else 0.0
         # Counted before the first byte goes out: a test that has its answer sees it counted.
         self._on_send = lambda status: upstream.record(key, status, rest)
@@ -247,6 +259,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if behaviour == "slow_headers" and upstream.pause(account.delay):
+            return
+        if prefill is not None and account.prefill == "reject":
+            message = ("This model does not support assistant message prefill. "
+                       "The conversation must end with a user message.")
+            self._send_json(400, _anthropic_error("invalid_request_error", message) if anthropic else
+                            _openai_error(400, "invalid_request_error", None, message))
             return
         if responses:
             events = _responses_stream(model, upstream.pieces)
@@ -323,10 +341,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _openai_stream(self, model: str) -> list[tuple[str | None, str]]:
         chunks: list[tuple[str | None, str]] = []
-        for piece in _pieces(self.server.upstream.pieces):
+        for i, piece in enumerate(_pieces(self.server.upstream.pieces)[self._skip:]):
+            # The first chunk names the role, as OpenAI's does (here with the first piece of text).
+            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             chunks.append((None, json.dumps({
-                "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": model, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                "id": f"chatcmpl-fake{self._skip or ''}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
             })))
         chunks.append((None, json.dumps({
             "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
@@ -345,22 +365,24 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
     def _anthropic_stream(self, model: str) -> list[tuple[str | None, str]]:
+        pieces = _pieces(self.server.upstream.pieces)[self._skip:]
+        # A continuation's prompt holds the prefill: more input tokens, fewer output tokens.
         start = {"type": "message_start", "message": {
-            "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 1}}}
+            "id": f"msg_fake{self._skip or ''}", "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 5 + self._skip, "output_tokens": 1}}}
         events: list[tuple[str | None, str]] = [
             ("message_start", json.dumps(start)),
             ("content_block_start", json.dumps({"type": "content_block_start", "index": 0,
                                                 "content_block": {"type": "text", "text": ""}})),
         ]
-        for piece in _pieces(self.server.upstream.pieces):
+        for piece in pieces:
             events.append(("content_block_delta", json.dumps({
                 "type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})))
         events += [
             ("content_block_stop", json.dumps({"type": "content_block_stop", "index": 0})),
             ("message_delta", json.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn",
                                                                              "stop_sequence": None},
-                                          "usage": {"output_tokens": 6}})),
+                                          "usage": {"output_tokens": len(pieces) + 1}})),
             ("message_stop", json.dumps({"type": "message_stop"})),
         ]
         return events
@@ -375,7 +397,36 @@ def _pieces(count: int | None) -> list[str]:
 
 
 def _has_content(name: str | None, data: str) -> bool:
-    return name in ("content_block_delta", "response.output_text.delta") or '"content": "' in data
+    return name in ("content_block_delta", "response.output_text.delta") or \
+        ('"content": "' in data and '"content": ""' not in data)
+
+
+def _prefill_of(body: Any) -> str | None:
+    """The text of the assistant message a request's messages end with (its prefill), or None."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    last = messages[-1]
+    if last.get("role") != "assistant":
+        return None
+    content = last.get("content")
+    if isinstance(content, list):
+        return "".join(str(block.get("text", "")) for block in content if isinstance(block, dict))
+    return content if isinstance(content, str) else ""
+
+
+def _continues_at(count: int | None, prefill: str | None) -> int:
+    """How many pieces of the answer a prefill already holds (0 when it is not the answer's start),
+    so a continuation streams the rest. Anthropic's prefills lose their trailing whitespace."""
+    if not prefill:
+        return 0
+    pieces = _pieces(count)
+    text = ""
+    for i, piece in enumerate(pieces):
+        text += piece
+        if text.rstrip() == prefill.rstrip() and i + 1 < len(pieces):
+            return i + 1
+    return 0
 
 
 def _responses_stream(model: str, pieces: int | None) -> list[tuple[str | None, str]]:
@@ -427,15 +478,18 @@ class FakeUpstream:
         return f"http://{host!s}:{port}"
 
     def set(self, key: str, behaviour: str, retry_after: float | None = None, *, delay: float = 0.0,
-            events: int = 0) -> None:
+            events: int = 0, prefill: str = "accept") -> None:
         """Changes how the account with this key behaves from its next request on. ``delay`` is how long a
-        slow or stalling fault waits, ``events`` after how many stream events a stream fault strikes."""
+        slow or stalling fault waits, ``events`` after how many stream events a stream fault strikes,
+        ``prefill`` whether a request ending in an assistant message is continued or refused (400)."""
+        if prefill not in ("accept", "reject"):
+            raise ValueError(f"prefill is 'accept' or 'reject', not {prefill!r}")
         name = behaviour.split(":")[-1]
         if name not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r}; expected one of {', '.join(BEHAVIOURS)}")
         with self._lock:
             self._accounts[key] = Account(behaviour, self.default_retry_after if retry_after is None else retry_after,
-                                          delay, events)
+                                          delay, events, prefill=prefill)
 
     def account(self, key: str) -> Account:
         with self._lock:
@@ -450,13 +504,19 @@ class FakeUpstream:
         with self._lock:
             return list(self.stats.arrivals.get(key, []))
 
-    def next_behaviour(self, key: str) -> tuple[str, float]:
+    def prefills(self, key: str) -> list[str | None]:
+        """The assistant prefill of each request for ``key``, in arrival order (None: it had none)."""
+        with self._lock:
+            return list(self.stats.prefills.get(key, []))
+
+    def next_behaviour(self, key: str, prefill: str | None = None) -> tuple[str, float]:
         with self._lock:
             account = self._accounts.get(key)
             if account is None:
                 return "auth", 0.0
             account.served += 1
             self.stats.arrivals.setdefault(key, []).append(time.monotonic())
+            self.stats.prefills.setdefault(key, []).append(prefill)
             if time.monotonic() < account.resting_until:
                 self.stats.hit_while_cooling += 1
             behaviour = account.behaviour

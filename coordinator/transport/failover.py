@@ -27,8 +27,8 @@ from coordinator.core.config import Member, PoolConfig
 from coordinator.core.errors import AllMembersFailedError
 from coordinator.core.kinds import Failure
 from coordinator.rules.sse import SseFormat, detect_format
-from coordinator.transport import limits
-from coordinator.transport.stream_guard import GuardState, aprime, guarded_stream, prime
+from coordinator.transport import continuation, limits
+from coordinator.transport.stream_guard import GuardState, Primed, aprime, guarded_stream, prime
 
 
 class Caller(Protocol):
@@ -36,8 +36,12 @@ class Caller(Protocol):
     ``is_async``). ``Coordinator`` and ``AsyncCoordinator`` are both one."""
 
     is_async: bool
+    hooks: list[Any]
+    classifier: Any
 
     def pool_config(self, name: str) -> PoolConfig: ...
+
+    def pool(self, name: str) -> Any: ...
 
     def call(self, pools: Sequence[str], fn: Any, **options: Any) -> Any: ...
 
@@ -78,6 +82,9 @@ class _Call:
     tried: list[dict[str, Any]] = field(default_factory=list)
     #: Seconds the whole call may take (the call's ``deadline``, else the first pool's), or None.
     deadline: float | None = None
+    #: The coordinator and the inner transport, for a continuation of a stream that broke later.
+    coordinator: Any = None
+    inner: Any = None
 
     def __post_init__(self) -> None:
         self.url = self.request.url
@@ -94,10 +101,11 @@ class _Call:
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - (time.monotonic() - self.started)
 
-    def prepare(self, member: Member) -> httpx.Request:
-        """The caller's request as ``member`` sends it. The request gets a headers object of its own,
-        built in one pass over the caller's (cheaper than editing them field by field), and ``restore``
-        puts the caller's back, so the caller never sees a member's secret in it."""
+    def prepare(self, member: Member, body: bytes | None = None) -> httpx.Request:
+        """The caller's request as ``member`` sends it (with ``body`` instead of the caller's: a
+        continuation). The request gets a headers object of its own, built in one pass over the
+        caller's (cheaper than editing them field by field), and ``restore`` puts the caller's back, so
+        the caller never sees a member's secret in it."""
         if self.body is None and self.attempts > 0:
             raise NotReplayableError("the request body is a stream that was already sent once")
         remaining = self.remaining()
@@ -122,8 +130,9 @@ class _Call:
                                      path=join_paths(base.path, self.url.path))
             request.url = url.copy_merge_params(base.params) if base.query else url
             extra["host"] = base.netloc.decode("ascii")
-        if self.body is not None and member.model:
-            content = _with_model(self.body, member.model, self.headers)
+        source = self.body if body is None else body
+        if source is not None and (member.model or body is not None):
+            content = _with_model(source, member.model, self.headers) if member.model else source
             if content is not self.body:
                 request.stream = self.lib.ByteStream(content)
                 extra["content-length"] = str(len(content))
@@ -135,8 +144,10 @@ class _Call:
                                                             self.remaining())
         return request
 
-    def _guard_for(self, response: httpx.Response, member: Member, *, timers: bool) -> GuardState | None:
-        """Sets the body-phase timeouts; for a successful event stream of a known API, its guard."""
+    def _guard_for(self, response: httpx.Response, member: Member, *, timers: bool,
+                   after: continuation.Resuming | None = None) -> GuardState | None:
+        """Sets the body-phase timeouts; for a successful event stream of a known API, its guard (for a
+        continuation: one that goes on from ``after``, the guard of the stream that broke)."""
         pool = self.owners[id(member)]
         event_stream = response.status_code < 400 and \
             response.headers.get("content-type", "").startswith("text/event-stream")
@@ -147,11 +158,12 @@ class _Call:
         remaining = self.remaining()
         return GuardState(self.format, first_token=pool.timeouts.first_token, idle=pool.timeouts.idle,
                           deadline_at=None if remaining is None else time.monotonic() + remaining,
-                          pool=pool.name, member=member.id)
+                          pool=pool.name, member=member.id, **continuation.guard_options(self, after))
 
-    def guard(self, response: httpx.Response, member: Member) -> httpx.Response:
+    def guard(self, response: httpx.Response, member: Member,
+              after: continuation.Resuming | None = None) -> httpx.Response:
         """Hands an event stream over only once it has content; its failures until then are this attempt's."""
-        state = self._guard_for(response, member, timers=False)
+        state = self._guard_for(response, member, timers=False, after=after)
         if state is None:
             return response
         original = response.stream
@@ -161,11 +173,13 @@ class _Call:
         except BaseException:
             response.close()
             raise
-        response.stream = guarded_stream(self.lib, state, head, ended, chunks, original)
+        primed = Primed(state, head, ended, chunks, original)
+        response.stream = guarded_stream(self.lib, primed, continuation.recovery(self, response, after))
         return response
 
-    async def aguard(self, response: httpx.Response, member: Member) -> httpx.Response:
-        state = self._guard_for(response, member, timers=True)
+    async def aguard(self, response: httpx.Response, member: Member,
+                     after: continuation.Resuming | None = None) -> httpx.Response:
+        state = self._guard_for(response, member, timers=True, after=after)
         if state is None:
             return response
         original = response.stream
@@ -175,7 +189,8 @@ class _Call:
         except BaseException:
             await response.aclose()
             raise
-        response.stream = guarded_stream(self.lib, state, head, ended, chunks, original)
+        primed = Primed(state, head, ended, chunks, original)
+        response.stream = guarded_stream(self.lib, primed, continuation.recovery(self, response, after))
         return response
 
     def restore(self) -> None:
@@ -344,7 +359,9 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         if coordinator.is_async:
             raise TypeError("this transport belongs to an AsyncCoordinator: use it with an AsyncClient")
         call = self._start(request, request.read() if self._replayable(request) else None)
-        inner = self._inner_for(call.lib)
+        inner = call.inner = self._inner_for(call.lib)
+        call.coordinator = coordinator
+
         def attempt(member: Member) -> httpx.Response:
             return call.guard(call.note(inner.handle_request(call.prepare(member))), member)
 
@@ -361,7 +378,8 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         if not coordinator.is_async:
             raise TypeError("this transport belongs to a sync Coordinator: use it with a sync Client")
         call = self._start(request, await request.aread() if self._replayable(request) else None)
-        inner = self._inner_for(call.lib)
+        inner = call.inner = self._inner_for(call.lib)
+        call.coordinator = coordinator
 
         async def attempt(member: Member) -> httpx.Response:
             return await call.aguard(call.note(await inner.handle_async_request(call.prepare(member))), member)

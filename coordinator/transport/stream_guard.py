@@ -14,12 +14,14 @@ What the events mean is ``coordinator.rules.sse`` (pure); this module adds the c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any
 
 from coordinator.core.errors import StreamInterruptedError
+from coordinator.rules.continuation import Splice, Transcript
 from coordinator.rules.sse import SseEvent, SseFormat, SseFramer, judge
 
 
@@ -41,6 +43,10 @@ class GuardState:
         pool: str,
         member: str,
         clock: Callable[[], float] = time.monotonic,
+        transcript: Transcript | None = None,
+        splice: Splice | None = None,
+        events: int = 0,
+        content_events: int = 0,
     ) -> None:
         self.fmt = fmt
         self.first_token = first_token
@@ -50,9 +56,18 @@ class GuardState:
         self.member = member
         self.clock = clock
         self.started = self.last_read = clock()
-        self.events = 0
-        self.content_events = 0
+        #: Events the caller was given (all kinds, and those with content), continuations included.
+        self.events = events
+        self.content_events = content_events
+        #: Content events of this stream itself (a continuation is primed on its own content).
+        self.own_content = 0
         self.complete = False
+        #: What the caller was given, as a continuation needs it (None: nobody could continue it).
+        self.transcript = transcript
+        #: For a continuation: how its events are rewritten to follow the caller's.
+        self.splice = splice
+        #: The failure found after the events delivered before it; raised once they are out.
+        self.failed: StreamInterruptedError | None = None
         self._framer = SseFramer()
 
     def error(self, reason: str, detail: str, body: object = None) -> StreamInterruptedError:
@@ -65,7 +80,7 @@ class GuardState:
         limits = []
         if self.idle is not None:
             limits.append(self.last_read + self.idle - now)
-        if self.first_token is not None and not self.content_events and not self.complete:
+        if self.first_token is not None and not self.own_content and not self.complete:
             limits.append(self.started + self.first_token - now)
         if self.deadline_at is not None:
             limits.append(self.deadline_at - now)
@@ -75,7 +90,7 @@ class GuardState:
         now = self.clock()
         if self.deadline_at is not None and now >= self.deadline_at:
             return self.error("deadline", "the call's deadline passed while the stream was running")
-        if self.first_token is not None and not self.content_events:
+        if self.first_token is not None and not self.own_content:
             return self.error("stalled", f"no content within first_token ({self.first_token:g}s)")
         limit = f" ({self.idle:g}s)" if self.idle is not None else ""
         return self.error("stalled", f"nothing arrived for longer than idle{limit}")
@@ -87,25 +102,43 @@ class GuardState:
         return self.error("incomplete", f"the connection broke before the terminal event: {error!r}")
 
     def accept(self, chunk: bytes) -> bytes:
-        """The whole, sound events ``chunk`` completes, as raw bytes; raises on a bad one."""
+        """The whole, sound events ``chunk`` completes, as bytes to deliver. A bad event stops there:
+        the ones before it are returned and ``failed`` says what is wrong, to be raised after them."""
         now = self.clock()
-        events = self._framer.feed(chunk)
-        out = [self._take(event) for event in events]
+        out = []
+        for event in self._framer.feed(chunk):
+            try:
+                out.append(self._take(event))
+            except StreamInterruptedError as exc:
+                self.failed = exc
+                break
         self.last_read = now
-        if not self.content_events and not self.complete and self.first_token is not None \
-                and now - self.started > self.first_token:
-            raise self.stalled()
-        if self.deadline_at is not None and now > self.deadline_at and not self.complete:
-            raise self.stalled()
+        if self.failed is None and not self.complete and (
+                (not self.own_content and self.first_token is not None and now - self.started > self.first_token)
+                or (self.deadline_at is not None and now > self.deadline_at)):
+            self.failed = self.stalled()
         return b"".join(out)
 
     def finish(self) -> bytes:
-        """At the end of the body: a last unterminated event, then the verdict on the whole stream."""
+        """At the end of the body: a last unterminated event, then the verdict on the whole stream
+        (``failed`` when the terminal event never came)."""
         last = self._framer.flush()
-        out = self._take(last) if last is not None else b""
+        out = b""
+        if last is not None:
+            try:
+                out = self._take(last)
+            except StreamInterruptedError as exc:
+                self.failed = exc
+                return b""
         if not self.complete:
-            raise self.error("incomplete", f"the stream ended without its terminal event ({_TERMINAL[self.fmt]})")
+            self.failed = self.error("incomplete",
+                                     f"the stream ended without its terminal event ({_TERMINAL[self.fmt]})")
         return out
+
+    def check(self) -> None:
+        """Raises the failure ``accept`` or ``finish`` found, once its events were delivered."""
+        if self.failed is not None:
+            raise self.failed
 
     def _take(self, event: SseEvent) -> bytes:
         verdict = judge(self.fmt, event)
@@ -115,13 +148,22 @@ class GuardState:
             raise self.error("error_event", f"the provider sent an error event: {event.data[:300]}", verdict.error)
         self.events += 0 if event.empty else 1
         self.content_events += 1 if verdict.content else 0
+        self.own_content += 1 if verdict.content else 0
         self.complete = self.complete or verdict.terminal
+        if self.splice is not None:
+            out = self.splice.rewrite(event, verdict.payload)
+            if self.transcript is not None:
+                for _, name, payload in out:
+                    self.transcript.observe(name, payload)
+            return b"".join(raw for raw, _, _ in out)
+        if self.transcript is not None:
+            self.transcript.observe(event.name, verdict.payload)
         return event.raw
 
     @property
     def primed(self) -> bool:
         """The caller may have the stream: it has content (or is already complete)."""
-        return bool(self.content_events) or self.complete
+        return bool(self.own_content) or self.complete
 
 
 _TERMINAL: dict[SseFormat, str] = {
@@ -140,6 +182,7 @@ def prime(state: GuardState, chunks: Iterator[bytes]) -> tuple[bytes, bool]:
     try:
         for chunk in chunks:
             out.append(state.accept(chunk))
+            state.check()
             if state.primed:
                 return b"".join(out), False
     except StreamInterruptedError:
@@ -147,6 +190,7 @@ def prime(state: GuardState, chunks: Iterator[bytes]) -> tuple[bytes, bool]:
     except Exception as exc:
         raise state.broken(exc) from exc
     out.append(state.finish())
+    state.check()
     return b"".join(out), True
 
 
@@ -162,9 +206,11 @@ async def aprime(state: GuardState, chunks: AsyncIterator[bytes]) -> tuple[bytes
         except Exception as exc:
             raise state.broken(exc) from exc
         out.append(state.accept(chunk))
+        state.check()
         if state.primed:
             return b"".join(out), False
     out.append(state.finish())
+    state.check()
     return b"".join(out), True
 
 
@@ -183,27 +229,50 @@ def _in_asyncio() -> bool:
     return True
 
 
-class _GuardedStream:
-    """The caller's view of a primed stream: what priming read, then the rest, event by event."""
+class Primed:
+    """A stream that may be handed to the caller: its guard, what priming read, whether the body ended
+    there, the rest of its chunks and the byte stream they come from (to close)."""
 
     def __init__(self, state: GuardState, head: bytes, ended: bool, chunks: Any, original: Any) -> None:
         self.state = state
-        self._head = head
-        self._ended = ended
-        self._chunks = chunks
-        self._original = original
+        self.head = head
+        self.ended = ended
+        self.chunks = chunks
+        self.original = original
 
-    def __iter__(self) -> Iterator[bytes]:
-        state = self.state
-        if self._head:
-            yield self._head
-        if self._ended:
+
+#: What a stream does when it breaks after the handover, given the error and the broken stream's guard:
+#: a primed stream that goes on where it broke (a continuation), or raising the error. Sync, or async
+#: for async clients.
+Recover = Callable[[StreamInterruptedError, GuardState], Any]
+
+
+class _GuardedStream:
+    """The caller's view of a primed stream: what priming read, then the rest, event by event. When it
+    breaks, ``recover`` may splice in a continuation; the caller reads on as if nothing happened."""
+
+    def __init__(self, primed: Primed, recover: Recover | None = None) -> None:
+        self.current = primed
+        self._recover = recover
+
+    @property
+    def state(self) -> GuardState:
+        return self.current.state
+
+    def _segment(self) -> Iterator[bytes]:
+        part = self.current
+        state = part.state
+        if part.head:
+            head, part.head = part.head, b""
+            yield head
+        if part.ended:
             return
         try:
-            for chunk in self._chunks:
+            for chunk in part.chunks:
                 data = state.accept(chunk)
                 if data:
                     yield data
+                state.check()
         except StreamInterruptedError:
             raise
         except Exception as exc:
@@ -211,16 +280,31 @@ class _GuardedStream:
         tail = state.finish()
         if tail:
             yield tail
+        state.check()
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        state = self.state
-        if self._head:
-            yield self._head
-        if self._ended:
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                yield from self._segment()
+                return
+            except StreamInterruptedError as exc:
+                if self._recover is None:
+                    raise
+                broken = self.current
+                _close_quietly(broken.original)
+                self.current = self._recover(exc, broken.state)
+
+    async def _asegment(self) -> AsyncIterator[bytes]:
+        part = self.current
+        state = part.state
+        if part.head:
+            head, part.head = part.head, b""
+            yield head
+        if part.ended:
             return
         while True:
             try:
-                chunk = await _next_within(self._chunks, state.next_read_limit())
+                chunk = await _next_within(part.chunks, state.next_read_limit())
             except StopAsyncIteration:
                 break
             except StreamInterruptedError:
@@ -230,25 +314,49 @@ class _GuardedStream:
             data = state.accept(chunk)
             if data:
                 yield data
+            state.check()
         tail = state.finish()
         if tail:
             yield tail
+        state.check()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                async for data in self._asegment():
+                    yield data
+                return
+            except StreamInterruptedError as exc:
+                if self._recover is None:
+                    raise
+                broken = self.current
+                await _aclose_quietly(broken.original)
+                self.current = await self._recover(exc, broken.state)
 
     def close(self) -> None:
-        self._original.close()
+        self.current.original.close()
 
     async def aclose(self) -> None:
-        await self._original.aclose()
+        await self.current.original.aclose()
+
+
+def _close_quietly(stream: Any) -> None:
+    with contextlib.suppress(Exception):  # it broke already; the error that matters is being handled
+        stream.close()
+
+
+async def _aclose_quietly(stream: Any) -> None:
+    with contextlib.suppress(Exception):
+        await stream.aclose()
 
 
 _CLASSES: dict[str, type] = {}
 
 
-def guarded_stream(lib: ModuleType, state: GuardState, head: bytes, ended: bool, chunks: Any,
-                   original: Any) -> Any:
+def guarded_stream(lib: ModuleType, primed: Primed, recover: Recover | None = None) -> Any:
     """A byte stream of ``lib`` (httpx or httpx2: clients check the class) that carries the guard."""
     cls = _CLASSES.get(lib.__name__)
     if cls is None:
         cls = type("GuardedStream", (_GuardedStream, lib.SyncByteStream, lib.AsyncByteStream), {})
         _CLASSES[lib.__name__] = cls
-    return cls(state, head, ended, chunks, original)
+    return cls(primed, recover)

@@ -253,7 +253,7 @@ def test_an_anthropic_stream_that_breaks_before_content_fails_over(upstream, is_
 @MODES
 def test_an_anthropic_error_event_after_content_raises_with_its_type(upstream, is_async):
     upstream.set(A, "error_event", events=4)
-    coord = coordinator(pool("claude", A, B, auth_header="x-api-key"), is_async=is_async)
+    coord = coordinator(pool("claude", A, B, auth_header="x-api-key", continuation="off"), is_async=is_async)
     with pytest.raises(co.StreamInterruptedError) as info:
         message(anthropic_client(coord, upstream, "claude"), stream=True)
     assert info.value.reason == "error_event" and info.value.body["error"]["type"] == "overloaded_error"

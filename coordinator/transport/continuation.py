@@ -1,0 +1,356 @@
+"""What the transport does when a stream breaks after the caller started reading it (docs/design.md,
+"Continuation").
+
+The broken member's failure is reported once, as a transient failure (a stall with the timeout flag),
+through the same classification and ``report_failure`` as any failed attempt. Then, when the caller
+has been given plain text only and a next candidate member declares ``continuation``, the request is
+sent again with that text as an assistant prefill, through ``coord.call`` over the chain from the
+broken member's pool on, and the continuation is spliced into the stream the caller is reading
+(``rules/continuation.py`` rewrites its events). Otherwise, or when that fails, the caller gets the
+original ``StreamInterruptedError``.
+
+How the next candidate is found: the continuation's ``coord.call`` (``max_retries=0``) is handed the
+broken member's failure as its first attempt when its first pick is that member, so the plan reports
+it and moves on exactly as for any failed attempt (the next untried member of the pool, the next pool
+of the chain, a near recovery, the deadline). When its first pick is another member, the failure is
+reported directly under the pool's current token. A candidate that does not declare continuation,
+refused a prefill before or already broke this answer ends the attempt to continue.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from coordinator.core.config import Member, PoolConfig
+from coordinator.core.errors import StreamInterruptedError
+from coordinator.core.kinds import Failure
+from coordinator.core.types import Selection
+from coordinator.rules.classify import classify_with
+from coordinator.rules.continuation import Prefill, Splice, Transcript, continues, prefill_body, refuses_prefill
+from coordinator.rules.hooks import dispatch
+from coordinator.rules.plan import _report_transition as report_transition
+from coordinator.rules.sse import SseFormat
+
+if TYPE_CHECKING:
+    from coordinator.transport.failover import _Call
+    from coordinator.transport.stream_guard import GuardState, Primed
+
+_log = logging.getLogger("coordinator.transport")
+
+#: Continuations of one answer at most: each one follows a break of a member not yet broken.
+MAX_CONTINUATIONS = 3
+#: A continuation with less of the call's deadline left than this is not started.
+_SHORTEST = 0.05
+
+
+@dataclass(frozen=True)
+class Resuming:
+    """What a continuation attempt's guard goes on from: the broken stream's guard and the splice."""
+
+    state: GuardState
+    splice: Splice
+
+
+class PrefillRefusedError(Exception):
+    """The member answered the continuation with a 400 about the prefill; it is not asked again."""
+
+
+class CannotContinueError(Exception):
+    """The next candidate member does not continue this answer (its setting, a refusal, a break)."""
+
+
+def _is_ours(error: object) -> bool:
+    return isinstance(error, PrefillRefusedError | CannotContinueError)
+
+
+# -- which pools may continue at all (cached: a pool's members are many, its config frozen) -----------
+
+_MAY_CONTINUE: dict[int, tuple[PoolConfig, dict[str, bool]]] = {}
+
+
+def _pool_may_continue(pool: PoolConfig, fmt: SseFormat) -> bool:
+    entry = _MAY_CONTINUE.get(id(pool))
+    if entry is None or entry[0] is not pool:
+        if len(_MAY_CONTINUE) > 256:
+            _MAY_CONTINUE.clear()
+        entry = _MAY_CONTINUE[id(pool)] = (pool, {})
+    known = entry[1]
+    if fmt not in known:
+        known[fmt] = any(continues(pool.continuation_of(m), fmt) for m in pool.members)
+    return known[fmt]
+
+
+def guard_options(call: _Call, after: Resuming | None) -> dict[str, Any]:
+    """The transcript (and for a continuation, the splice and the counts) a stream's guard keeps."""
+    if after is not None:
+        return {"transcript": copy.deepcopy(after.state.transcript), "splice": after.splice,
+                "events": after.state.events, "content_events": after.state.content_events}
+    fmt = call.format
+    if call.body is None or fmt is None or not call.streaming or call.coordinator is None:
+        return {}
+    if any(_pool_may_continue(call.coordinator.pool_config(name), fmt) for name in call.pools):
+        return {"transcript": Transcript(fmt)}
+    return {}
+
+
+#: Per coordinator (so per process): members that refused a prefill, as (pool, member, format).
+_REFUSALS: weakref.WeakKeyDictionary[Any, set[tuple[str, str, str]]] = weakref.WeakKeyDictionary()
+
+
+def refusals(coordinator: Any) -> set[tuple[str, str, str]]:
+    return _REFUSALS.setdefault(coordinator, set())
+
+
+def recovery(call: _Call, response: Any, after: Resuming | None) -> Any:
+    """The ``recover`` of a handed-over stream (None for a continuation: its caller's stream has one)."""
+    if after is not None or call.coordinator is None or call.format is None:
+        return None
+    return (_AsyncResume if call.coordinator.is_async else _SyncResume)(call, response)
+
+
+# -- one break ---------------------------------------------------------------------------------------
+
+
+class _Break:
+    """One broken stream being dealt with: its error, and whether its failure was reported yet."""
+
+    def __init__(self, error: StreamInterruptedError, state: GuardState) -> None:
+        self.error = error
+        self.state = state
+        self.reported = False
+
+
+class _Resume:
+    """Shared by the sync and async recover of one handed-over response."""
+
+    def __init__(self, call: _Call, response: Any) -> None:
+        self.call = call
+        self.response = response
+        self.coordinator = call.coordinator
+        self.broken: set[tuple[str, str]] = set()
+        self.count = 0
+
+    def _eligible(self, pool: PoolConfig, member: Member) -> bool:
+        fmt = self.call.format
+        return fmt is not None and continues(pool.continuation_of(member), fmt) \
+            and (pool.name, member.id, fmt) not in refusals(self.coordinator) \
+            and (pool.name, member.id) not in self.broken
+
+    def _chain(self, job: _Break) -> tuple[list[str], Prefill] | None:
+        """The chain a continuation may go to and its request body, or None when it is not continued."""
+        call, error, transcript = self.call, job.error, job.state.transcript
+        if error.reason == "deadline" or self.count >= MAX_CONTINUATIONS or call.body is None:
+            return None
+        if transcript is None or not transcript.continuable or call.format is None:
+            return None
+        remaining = call.remaining()
+        if (remaining is not None and remaining < _SHORTEST) or error.pool not in call.pools:
+            return None
+        chain = call.pools[call.pools.index(error.pool):]
+        configs = [self.coordinator.pool_config(name) for name in chain]
+        if not any(self._eligible(pool, member) for pool in configs for member in pool.members):
+            return None
+        prefill = prefill_body(call.body, call.format, transcript.text)
+        return None if prefill is None else (chain, prefill)
+
+    def _classify(self, error: object) -> Failure | None:
+        if _is_ours(error):
+            return Failure(kind="request", message=str(error))
+        return self.call.classify(error)
+
+    def _failure(self, error: StreamInterruptedError) -> tuple[PoolConfig, Member, Failure, float | None] | None:
+        if error.pool is None or error.member is None:
+            return None
+        pool = self.coordinator.pool_config(error.pool)
+        member = pool.member(error.member)
+        classifier = self.coordinator.classifier
+        failure = classify_with(error, (classifier,) if classifier is not None else ())
+        if member is None or not failure.cools:
+            return None
+        hint = failure.retry_after
+        if hint is None and failure.code == "overloaded_error":
+            hint = pool.cooldown.overloaded
+        return pool, member, failure, hint
+
+    def _selection(self, local: Selection | None, snapshot: Any, pool: PoolConfig, member: Member) -> Selection | None:
+        if local is not None:
+            return replace(local, member=member, lease="", degraded=False, probing=False, transitioned=False,
+                           events=())
+        if snapshot is None or snapshot.epoch is None:
+            return None
+        return Selection(pool=pool.name, member=member, epoch=snapshot.epoch, generation=snapshot.generation)
+
+    def _notify(self, pool: PoolConfig, selection: Selection, kind: str, result: Any) -> None:
+        if result.transitioned and self.coordinator.hooks:
+            dispatch(self.coordinator.hooks, report_transition(pool, selection, "failure", kind, result))
+
+    def _refused(self, pool: PoolConfig, member: Member, response: Any) -> PrefillRefusedError:
+        refusals(self.coordinator).add((pool.name, member.id, str(self.call.format)))
+        return PrefillRefusedError(f"{pool.name}/{member.id} refused the prefill: HTTP {response.status_code} "
+                                   f"{response.content[:200]!r}")
+
+    def _record(self, job: _Break, prefill: Prefill) -> None:
+        call = self.call
+        self.count += 1
+        extensions = self.response.extensions.get("coordinator")
+        if not isinstance(extensions, dict):
+            return
+        last = call.tried[-1]
+        extensions.setdefault("continuations", []).append({
+            "after": {"pool": job.error.pool, "member": job.error.member, "reason": job.error.reason},
+            "pool": last["pool"], "member": last["member"], "prefill_chars": prefill.chars,
+        })
+        extensions["attempts"] = call.attempts
+        extensions["tried"] = list(call.tried)
+
+    def _start(self, error: StreamInterruptedError, state: GuardState) -> _Break:
+        if error.pool is not None and error.member is not None:
+            self.broken.add((error.pool, error.member))
+        return _Break(error, state)
+
+    def _first(self, job: _Break, member: Member) -> bool:
+        """For the continuation call's first attempt: True when it is the broken member itself (the
+        plan is to be handed its failure), False when that failure still needs its own report."""
+        job.reported = True
+        pool = self.call.owners[id(member)]
+        return (pool.name, member.id) == (job.error.pool, job.error.member)
+
+    def _check(self, member: Member) -> tuple[PoolConfig, Member]:
+        pool = self.call.owners[id(member)]
+        if not self._eligible(pool, member):
+            raise CannotContinueError(f"{pool.name}/{member.id} does not continue this answer")
+        return pool, member
+
+    @staticmethod
+    def _not_continued(error: StreamInterruptedError, why: Exception) -> None:
+        error.add_note(f"coordinator: not continued: {type(why).__name__}: {str(why).splitlines()[0][:300]}"
+                       if str(why) else f"coordinator: not continued: {type(why).__name__}")
+
+    def _call_options(self) -> dict[str, Any]:
+        return {"classifier": self._classify, "max_retries": 0, "deadline": self.call.remaining()}
+
+
+class _SyncResume(_Resume):
+    def __call__(self, error: StreamInterruptedError, state: GuardState) -> Primed:
+        job = self._start(error, state)
+        plan = self._chain(job)
+        if plan is None:
+            self._report(job)
+            raise error
+        chain, prefill = plan
+        try:
+            response = self.coordinator.call(chain, lambda member: self._attempt(job, member, prefill),
+                                             **self._call_options())
+        except Exception as exc:
+            response = None
+            self._not_continued(error, exc)
+        finally:
+            self.call.restore()
+        if response is None:
+            if not job.reported:
+                self._report(job)
+            raise error
+        self._record(job, prefill)
+        primed: Primed = response.stream.current
+        return primed
+
+    def _report(self, job: _Break) -> None:
+        job.reported = True
+        found = self._failure(job.error)
+        if found is None:
+            return
+        pool, member, failure, hint = found
+        try:
+            handle = self.coordinator.pool(pool.name)
+            local = handle.local_selection()
+            selection = self._selection(local, None if local is not None else handle.snapshot(), pool, member)
+            if selection is not None:
+                self._notify(pool, selection, failure.kind, handle.report_failure(selection, failure.kind, hint))
+        except Exception as exc:  # the caller's error is the stream's, not the bookkeeping's
+            _log.warning("pool %r: reporting the broken stream of %r failed: %s", pool.name, member.id, exc)
+
+    def _attempt(self, job: _Break, member: Member, prefill: Prefill) -> Any:
+        call = self.call
+        if not job.reported:
+            if self._first(job, member):
+                raise job.error  # the plan reports it and moves on, as for any failed attempt
+            self._report(job)
+        pool, member = self._check(member)
+        response = call.note(call.inner.handle_request(call.prepare(member, body=prefill.body)))
+        if response.status_code >= 400:
+            response.read()
+            if refuses_prefill(response.status_code, response.content):
+                response.close()
+                raise self._refused(pool, member, response)
+            return response
+        splice = Splice(job.state.transcript or Transcript(job.state.fmt), prefill.trimmed)
+        return call.guard(response, member, after=Resuming(job.state, splice))
+
+
+class _AsyncResume(_Resume):
+    async def __call__(self, error: StreamInterruptedError, state: GuardState) -> Primed:
+        job = self._start(error, state)
+        plan = self._chain(job)
+        if plan is None:
+            await self._report(job)
+            raise error
+        chain, prefill = plan
+
+        async def attempt(member: Member) -> Any:
+            return await self._attempt(job, member, prefill)
+
+        try:
+            response = await self.coordinator.call(chain, attempt, **self._call_options())
+        except Exception as exc:
+            response = None
+            self._not_continued(error, exc)
+        finally:
+            self.call.restore()
+        if response is None:
+            if not job.reported:
+                await self._report(job)
+            raise error
+        self._record(job, prefill)
+        primed: Primed = response.stream.current
+        return primed
+
+    async def _report(self, job: _Break) -> None:
+        job.reported = True
+        found = self._failure(job.error)
+        if found is None:
+            return
+        pool, member, failure, hint = found
+        try:
+            handle = self.coordinator.pool(pool.name)
+            local = handle.local_selection()
+            selection = self._selection(local, None if local is not None else await handle.snapshot(), pool, member)
+            if selection is not None:
+                result = await handle.report_failure(selection, failure.kind, hint)
+                self._notify(pool, selection, failure.kind, result)
+        except Exception as exc:
+            _log.warning("pool %r: reporting the broken stream of %r failed: %s", pool.name, member.id, exc)
+
+    async def _attempt(self, job: _Break, member: Member, prefill: Prefill) -> Any:
+        call = self.call
+        if not job.reported:
+            if self._first(job, member):
+                raise job.error
+            await self._report(job)
+        pool, member = self._check(member)
+        response = call.note(await call.inner.handle_async_request(call.prepare(member, body=prefill.body)))
+        if response.status_code >= 400:
+            await response.aread()
+            if refuses_prefill(response.status_code, response.content):
+                await response.aclose()
+                raise self._refused(pool, member, response)
+            return response
+        splice = Splice(job.state.transcript or Transcript(job.state.fmt), prefill.trimmed)
+        return await call.aguard(response, member, after=Resuming(job.state, splice))
+
+
+__all__: Sequence[str] = ("CannotContinueError", "PrefillRefusedError", "Resuming", "guard_options", "recovery")

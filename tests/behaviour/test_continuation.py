@@ -1,0 +1,256 @@
+"""A stream that breaks after the caller started reading it: continued from an assistant prefill by
+the next candidate member, spliced into the stream the caller reads (one whole answer, exactly once,
+in the same event shapes), or the original ``StreamInterruptedError``; and the broken member's
+failure reported once. Through the real openai and anthropic SDKs, sync and async, against the
+loopback fake provider; each test asserts what the provider saw (attempts per member, the prefill it
+received) and what the caller got."""
+
+from __future__ import annotations
+
+import anthropic
+import openai
+import pytest
+from test_resilience import (  # noqa: F401 - fixtures
+    ANTHROPIC_HTTP,
+    MODES,
+    OPENAI_HTTP,
+    A,
+    B,
+    C,
+    coordinator,
+    pool,
+    run,
+    runner,
+    tries,
+    upstream,
+)
+
+import coordinator as co
+
+TEXT = "Hello from the fake upstream."
+PIECES = ["Hello", " from", " the", " fake", " upstream."]
+FAULTS = pytest.mark.parametrize("fault", ["cut", "stall", "malformed", "error_event"])
+
+
+def claude_client(coord, upstream, chain):
+    if coord.is_async:
+        return anthropic.AsyncAnthropic(api_key="unused", base_url=upstream.url, max_retries=0,
+                                        http_client=ANTHROPIC_HTTP.AsyncClient(transport=coord.transport(chain)))
+    return anthropic.Anthropic(api_key="unused", base_url=upstream.url, max_retries=0,
+                               http_client=ANTHROPIC_HTTP.Client(transport=coord.transport(chain)))
+
+
+def gpt_client(coord, upstream, chain):
+    if coord.is_async:
+        return openai.AsyncOpenAI(api_key="unused", base_url=upstream.url + "/v1", max_retries=0, timeout=10,
+                                  http_client=OPENAI_HTTP.AsyncClient(transport=coord.transport(chain)))
+    return openai.OpenAI(api_key="unused", base_url=upstream.url + "/v1", max_retries=0, timeout=10,
+                         http_client=OPENAI_HTTP.Client(transport=coord.transport(chain)))
+
+
+def claude_stream(client, messages=None):
+    """(text as the caller read it, the SDK's final message, the coordinator's record, events seen)."""
+    kwargs = {"model": "claude-test", "max_tokens": 10, "messages": messages or [{"role": "user", "content": "x"}]}
+
+    async def consume():
+        async with client.messages.stream(**kwargs) as s:
+            kinds, pieces = [], []
+            async for event in s:
+                kinds.append(event.type)
+                if event.type == "text":
+                    pieces.append(event.text)
+            return "".join(pieces), await s.get_final_message(), s.response.extensions["coordinator"], kinds
+
+    if isinstance(client, anthropic.AsyncAnthropic):
+        return run(consume())
+    with client.messages.stream(**kwargs) as s:
+        kinds, pieces = [], []
+        for event in s:
+            kinds.append(event.type)
+            if event.type == "text":
+                pieces.append(event.text)
+        return "".join(pieces), s.get_final_message(), s.response.extensions["coordinator"], kinds
+
+
+def gpt_stream(client, got=None):
+    """(the chunks as the caller read them, the coordinator's record); ``got`` collects text as it comes."""
+    kwargs = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    got = [] if got is None else got
+
+    async def consume():
+        stream = await client.chat.completions.create(**kwargs)
+        chunks = []
+        async for chunk in stream:
+            chunks.append(chunk)
+            if chunk.choices and chunk.choices[0].delta.content:
+                got.append(chunk.choices[0].delta.content)
+        return chunks, stream.response.extensions["coordinator"]
+
+    if isinstance(client, openai.AsyncOpenAI):
+        return run(consume())
+    stream = client.chat.completions.create(**kwargs)
+    chunks = []
+    for chunk in stream:
+        chunks.append(chunk)
+        if chunk.choices and chunk.choices[0].delta.content:
+            got.append(chunk.choices[0].delta.content)
+    return chunks, stream.response.extensions["coordinator"]
+
+
+def claude_pool(name, *keys, **kwargs):
+    return pool(name, *keys, auth_header="x-api-key", **kwargs)
+
+
+# -- Anthropic Messages: continued by default ---------------------------------------------------------
+
+
+@MODES
+@FAULTS
+def test_a_broken_anthropic_stream_is_finished_by_the_next_member_from_a_prefill(upstream, is_async, fault):
+    upstream.set(A, fault, delay=3, events=4)  # message_start, content_block_start, "Hello", " from"
+    coord = coordinator(claude_pool("claude", A, B), is_async=is_async)
+    text, final, record, kinds = claude_stream(claude_client(coord, upstream, "claude"))
+
+    assert text == TEXT, "one whole answer, nothing twice"
+    assert (tries(upstream, A), tries(upstream, B)) == (1, 1)
+    assert upstream.prefills(A) == [None] and upstream.prefills(B) == ["Hello from"], "the delivered text, once"
+    assert kinds.count("message_start") == 1 and kinds.count("content_block_start") == 1
+    assert kinds.count("content_block_stop") == 1 and kinds.count("message_stop") == 1
+    assert final.id == "msg_fake" and [block.text for block in final.content] == [TEXT]
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (7, 4), "the continuation's usage"
+    assert final.stop_reason == "end_turn"
+    assert record["continuations"] == [{"after": {"pool": "claude", "member": "claude-1",
+                                                  "reason": {"cut": "incomplete", "stall": "stalled"}.get(fault, fault)},
+                                        "pool": "claude", "member": "claude-2", "prefill_chars": len("Hello from")}]
+    assert record["tried"] == [{"pool": "claude", "member": "claude-1"}, {"pool": "claude", "member": "claude-2"}]
+    snap = run(coord.pool("claude").snapshot())
+    assert snap.member("claude-1").failures == 1, "the broken member's failure, reported once"
+
+
+@MODES
+def test_the_callers_own_prefill_is_extended_not_replaced(upstream, is_async):
+    upstream.set(A, "cut", events=4)
+    coord = coordinator(claude_pool("claude", A, B), is_async=is_async)
+    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Sure:"}]
+    text, _, _, _ = claude_stream(claude_client(coord, upstream, "claude"), messages)
+    assert upstream.prefills(A) == ["Sure:"]
+    assert upstream.prefills(B) == ["Sure:Hello from"]
+    assert text.startswith("Hello from")
+
+
+@MODES
+def test_a_continuation_that_breaks_too_is_continued_again(upstream, is_async):
+    upstream.set(A, "cut", events=4)  # "Hello", " from"
+    upstream.set(B, "cut", events=3)  # its own message_start and content_block_start, then " the"
+    # Each break cools its member (threshold 1), so the pool's next candidate is one that did not break.
+    coord = coordinator(claude_pool("claude", A, B, C, cooldown=co.CooldownPolicy(transient_threshold=1)),
+                        is_async=is_async)
+    text, final, record, _ = claude_stream(claude_client(coord, upstream, "claude"))
+    assert text == TEXT and [block.text for block in final.content] == [TEXT]
+    assert upstream.prefills(B) == ["Hello from"] and upstream.prefills(C) == ["Hello from the"]
+    assert [c["member"] for c in record["continuations"]] == ["claude-2", "claude-3"]
+
+
+@MODES
+def test_a_member_that_broke_the_answer_is_not_asked_to_continue_it(upstream, is_async):
+    upstream.set(A, "cut", events=4)
+    upstream.set(B, "cut", events=3)
+    # Threshold 3: one break does not cool claude-1, so after claude-2 breaks too the pool's next
+    # candidate is claude-1 again, which broke this answer: the caller gets claude-2's error.
+    coord = coordinator(claude_pool("claude", A, B, C), is_async=is_async)
+    with pytest.raises(co.StreamInterruptedError) as info:
+        claude_stream(claude_client(coord, upstream, "claude"))
+    assert info.value.member == "claude-2"
+    assert (tries(upstream, A), tries(upstream, B), tries(upstream, C)) == (1, 1, 0)
+    snap = run(coord.pool("claude").snapshot())
+    assert (snap.member("claude-1").failures, snap.member("claude-2").failures) == (1, 1), "each reported once"
+
+
+@MODES
+def test_the_continuation_goes_down_the_chain_when_the_pool_has_no_other_member(upstream, is_async):
+    upstream.set(A, "cut", events=4)
+    coord = coordinator(claude_pool("big", A), claude_pool("small", B), is_async=is_async)
+    text, _, record, _ = claude_stream(claude_client(coord, upstream, ["big", "small"]))
+    assert text == TEXT and upstream.prefills(B) == ["Hello from"]
+    assert record["continuations"][0]["pool"] == "small"
+
+
+@MODES
+def test_a_member_that_refuses_the_prefill_never_replaces_the_real_error(upstream, is_async):
+    upstream.set(A, "cut", events=4)
+    upstream.set(B, "ok", prefill="reject")
+    coord = coordinator(claude_pool("claude", A, B), is_async=is_async)
+    client = claude_client(coord, upstream, "claude")
+    with pytest.raises(co.StreamInterruptedError) as info:
+        claude_stream(client)
+    assert info.value.reason == "incomplete" and info.value.member == "claude-1"
+    assert any("refused the prefill" in note for note in info.value.__notes__)
+    assert upstream.prefills(B) == ["Hello from"], "asked once, with the prefill"
+    with pytest.raises(co.StreamInterruptedError):
+        claude_stream(client)
+    assert tries(upstream, A) == 2 and tries(upstream, B) == 1, "a member that refused is not asked again"
+    coord.close() if not is_async else run(coord.aclose())
+
+
+@MODES
+def test_continuation_off_gives_the_typed_error_and_reports_the_member_once(upstream, is_async):
+    upstream.set(A, "cut", events=4)
+    coord = coordinator(claude_pool("claude", A, B, continuation="off"), is_async=is_async)
+    with pytest.raises(co.StreamInterruptedError) as info:
+        claude_stream(claude_client(coord, upstream, "claude"))
+    assert info.value.reason == "incomplete"
+    assert (tries(upstream, A), tries(upstream, B)) == (1, 0)
+    assert run(coord.pool("claude").snapshot()).member("claude-1").failures == 1
+
+
+def test_a_member_setting_overrides_its_pools():
+    members = [co.Member(id="a", api_key=A), co.Member(id="b", api_key=B, continuation="off")]
+    cfg = co.PoolConfig(name="p", members=members, continuation="prefill")
+    assert [cfg.continuation_of(m) for m in cfg.members] == ["prefill", "off"]
+    with pytest.raises(ValueError, match="continuation"):
+        co.PoolConfig(name="p", members=members, continuation="yes")
+
+
+# -- OpenAI Chat Completions: off by default, on where the server declares it ---------------------------
+
+
+@MODES
+@FAULTS
+def test_a_broken_chat_stream_is_continued_where_the_pool_declares_prefill(upstream, is_async, fault):
+    upstream.set(A, fault, delay=3, events=3)  # "Hello", " from", " the"
+    coord = coordinator(pool("gpt", A, B, continuation="prefill"), is_async=is_async)
+    chunks, record = gpt_stream(gpt_client(coord, upstream, "gpt"))
+
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == TEXT
+    assert upstream.prefills(B) == ["Hello from the"]
+    assert {c.id for c in chunks} == {"chatcmpl-fake"}, "the first stream's id throughout"
+    assert [c.choices[0].delta.role for c in chunks].count("assistant") == 1, "one role chunk"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert record["continuations"][0]["member"] == "gpt-2"
+
+
+@MODES
+@pytest.mark.parametrize("fault", ["cut", "stall"])
+def test_by_default_a_broken_chat_stream_raises_and_counts_toward_the_cooldown(upstream, is_async, fault):
+    upstream.set(A, fault, delay=3, events=3)
+    coord = coordinator(pool("gpt", A, B, cooldown=co.CooldownPolicy(transient_threshold=1)), is_async=is_async)
+    got: list[str] = []
+    with pytest.raises(co.StreamInterruptedError):
+        gpt_stream(gpt_client(coord, upstream, "gpt"), got)
+    assert got == PIECES[:3]
+    assert (tries(upstream, A), tries(upstream, B)) == (1, 0), "never replayed, never continued"
+    snap = run(coord.pool("gpt").snapshot())
+    state = snap.member("gpt-1")
+    assert state.cooling_kind == "transient" and state.cooling_until == pytest.approx(snap.now + 5, abs=1)
+    assert snap.active == "gpt-2", "the next request goes to the next member"
+
+
+def test_a_stream_that_carried_a_tool_call_is_not_continued(upstream):
+    from coordinator.rules.continuation import Transcript
+    from coordinator.rules.sse import parse_event
+
+    transcript = Transcript("chat")
+    event = parse_event(b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}\n\n')
+    transcript.observe(event.name, {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0}]}}]})
+    assert not transcript.continuable and "tool calls" in str(transcript.why_not)
