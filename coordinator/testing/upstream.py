@@ -346,7 +346,8 @@ class _Handler(BaseHTTPRequestHandler):
             delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             chunks.append((None, json.dumps({
                 "id": f"chatcmpl-fake{self._skip or ''}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+                "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
             })))
         chunks.append((None, json.dumps({
             "id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
