@@ -144,6 +144,11 @@ class CooldownPolicy(_Model):
     #: ``transient_max``.
     transient: Duration = 5.0
     transient_max: Duration = 60.0
+    #: The longest re-cool after a failed probe (a chain's recovery probe, a priority pool's half-open
+    #: probe) without a provider hint: the same doubling, capped here, because a probe is one request
+    #: for the whole fleet and its interval is how late a recovery is noticed (docs/design.md,
+    #: "Timeouts and streams": a pool is back within 15 s of recovering, whatever the outage's length).
+    probe_max: Duration = 10.0
     #: Anthropic's 529 ``overloaded_error`` (a busy service, not this key's limit): its own short rest,
     #: separate from the 429 ramp; used when the response carries no retry hint.
     overloaded: Duration = 2.0
@@ -162,9 +167,12 @@ class CooldownPolicy(_Model):
     def base_for(self, kind: str) -> float:
         return float(getattr(self, kind))
 
-    def max_for(self, kind: str) -> float:
-        """The longest cooldown of this kind: ``max``, and for transient failures ``transient_max``."""
-        return min(self.max, self.transient_max) if kind == "transient" else self.max
+    def max_for(self, kind: str, *, probe: bool = False) -> float:
+        """The longest cooldown of this kind: ``max``, and for transient failures ``transient_max``
+        (``probe_max`` too for a failed probe without a provider hint)."""
+        if kind != "transient":
+            return self.max
+        return min(self.max, self.transient_max, self.probe_max) if probe else min(self.max, self.transient_max)
 
 
 class Timeouts(_Model):

@@ -245,7 +245,7 @@ class PoolCodec:
             hint,
             _ms(policy.base_for(kind)),
             _ms(policy.min),
-            _ms(policy.max_for(kind)),
+            _ms(policy.max_for(kind, probe=bool(selection.lease) and hint == "-1")),
             repr(float(policy.multiplier)),
             str(threshold),
             selection.lease,

@@ -149,10 +149,12 @@ class _Call:
         """Sets the body-phase timeouts; for a successful event stream of a known API, its guard (for a
         continuation: one that goes on from ``after``, the guard of the stream that broke)."""
         pool = self.owners[id(member)]
-        event_stream = response.status_code < 400 and \
-            response.headers.get("content-type", "").startswith("text/event-stream")
-        self.request.extensions["timeout"] = limits.body_phase(self.sdk_timeouts, pool.timeouts, event_stream,
-                                                               self.remaining(), timers=timers)
+        content_type = response.headers.get("content-type", "") if response.status_code < 400 else ""
+        event_stream = content_type.startswith("text/event-stream")
+        # AWS Bedrock's binary event stream is not read by the guard, but its reads get ``idle`` too.
+        timed = event_stream or content_type.startswith("application/vnd.amazon.eventstream")
+        self.request.extensions["timeout"] = limits.body_phase(self.sdk_timeouts, pool.timeouts, timed,
+                                                               self.remaining(), timers=timers or not event_stream)
         if not event_stream or self.format is None:
             return None
         remaining = self.remaining()

@@ -273,6 +273,23 @@ def test_an_openai_responses_stream_is_guarded(upstream):
             b"".join(response.iter_raw())
 
 
+def test_a_bedrock_event_stream_is_not_guarded_but_its_reads_get_the_idle_limit():
+    seen = {}
+
+    def bedrock(request):
+        seen["timeout"] = request.extensions.get("timeout")
+        return httpx.Response(200, headers={"content-type": "application/vnd.amazon.eventstream"},
+                              content=b"\x00\x00\x00\x10frames", request=request)
+
+    limits = co.Timeouts(idle=7, first_token=2)
+    coord = coordinator(pool("bedrock", A, timeouts=limits))
+    with httpx.Client(transport=coord.transport("bedrock", inner=httpx.MockTransport(bedrock)),
+                      base_url="http://bedrock.test", timeout=30) as client:
+        response = client.post("/model/m/invoke-with-response-stream", json={"x": 1})
+    assert response.content == b"\x00\x00\x00\x10frames", "passed on as it is: no SSE guard"
+    assert response.request.extensions["timeout"]["read"] == 7, "idle (first_token means SSE content events)"
+
+
 # -- context length and oversized requests move down the chain, cooling nothing ----------------------
 
 
