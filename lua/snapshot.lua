@@ -5,6 +5,7 @@
 --
 -- Never writes. Reply (JSON): {"missing":true,"now":ms} when the pool has no state yet, else
 --   now epoch generation version active exhausted strategy skip_until probe_member
+--   healed: "<ms> <what was corrupt>" when heal.lua rebuilt this state, else ""
 --   members: [{id, cooling_until, cooling_kind, failures, ejections,
 --              parked_until (ms, -1 until unparked, 0 not parked), park_reason}] in pool order
 
@@ -25,4 +26,5 @@ end
 return cjson.encode({missing = false, now = S.now, epoch = S.epoch, generation = S.generation,
                      version = S.version, active = S.active, exhausted = S.exhausted,
                      strategy = S.strategy, skip_until = S.skip_until,
-                     probe_member = string.match(S.probe, '^([^|]*)|') or '', members = members})
+                     probe_member = string.match(S.probe, '^([^|]*)|') or '', members = members,
+                     healed = redis.call('HMGET', KEYS[1], 'healed')[1] or ''})

@@ -134,6 +134,9 @@ def snapshot_json(snap: Snapshot, config: PoolConfig) -> dict[str, Any]:
         "skipped_until": snap.skipped_until,
         "skipped_until_iso": iso(snap.skipped_until),
         "probe_member": snap.probe_member,
+        "healed_at": snap.healed_at,
+        "healed_at_iso": iso(snap.healed_at),
+        "healed_reason": snap.healed_reason,
         "members": members,
     }
 
@@ -303,6 +306,8 @@ def _status_view(snap: Snapshot, config: PoolConfig) -> list[Any]:
         notes.append(f"model unavailable: the pool is skipped until {until_cell(snap.skipped_until, snap.now)}")
     if snap.probe_member:
         notes.append(f"probing {snap.probe_member} (half-open)")
+    if snap.healed_at is not None:
+        notes.append(f"healed automatically at {iso(snap.healed_at)}: {snap.healed_reason} (reset() starts afresh)")
     mismatch = drift(snap, config)
     if mismatch:
         notes.append(f"warning: {mismatch}")

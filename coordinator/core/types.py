@@ -118,6 +118,10 @@ class Snapshot:
     probe_member: str | None = None
     #: When the whole pool is skipped (model unavailable) until.
     skipped_until: float | None = None
+    #: When the pool's state was last found corrupt and rebuilt automatically (unix seconds), and what
+    #: was corrupt (docs/design.md, "Corrupt state"); None and "" when it never was since it was created.
+    healed_at: float | None = None
+    healed_reason: str = ""
 
     def member(self, member_id: str) -> MemberState:
         for state in self.members:

@@ -63,6 +63,9 @@ class FleetCollector(Collector):
                                       labels=["pool"])
         pool_up = GaugeMetricFamily("coordinator_pool_up", "1 when the pool's state could be read.",
                                     labels=["pool"])
+        healed = GaugeMetricFamily("coordinator_pool_healed_timestamp_seconds", "When the pool's corrupt state "
+                                   "was last rebuilt automatically (unix seconds); absent when it never was.",
+                                   labels=["pool"])
         redis_up = GaugeMetricFamily("coordinator_redis_up", "1 when Redis answered this scrape.")
         up = 1
         for name in self.coordinator.pool_names:
@@ -79,6 +82,8 @@ class FleetCollector(Collector):
             pool_up.add_metric([name], 1)
             generation.add_metric([name], snap.generation)
             exhausted.add_metric([name], 1 if snap.exhausted else 0)
+            if snap.healed_at is not None:
+                healed.add_metric([name], snap.healed_at)
             for member in snap.members:
                 current = member_state(snap, member)
                 for candidate in STATES:
@@ -91,7 +96,7 @@ class FleetCollector(Collector):
         redis_up.add_metric([], up)
         if not up:
             return [redis_up]
-        return [state, recovery, generation, exhausted, pool_up, redis_up]
+        return [state, recovery, generation, exhausted, pool_up, healed, redis_up]
 
 
 def run_metrics(config: co.Config, url: str, *, port: int, host: str = "127.0.0.1",

@@ -308,6 +308,11 @@ class PoolCodec:
         kind, ejections, remaining park ms, park reason]), merged with ``max()``."""
         return Op("merge", self._keys, [json.dumps(items), "", reason], self._parse_merge)
 
+    def heal(self, found: str) -> Op[dict[str, Any]]:
+        """Rebuilds a corrupt state under a new epoch, keeping what can be read (heal.lua; writes nothing
+        when the state is sound, e.g. another worker healed it first). ``found``: what the caller met."""
+        return Op("heal", self._keys, [found[:300]], self._parse_merge)
+
     def release(self, selection: Selection) -> Op[dict[str, Any]]:
         """Gives back the probe lease ``selection`` holds (a call cancelled before it could report)."""
         self._check_selection(selection)
@@ -366,6 +371,7 @@ class PoolCodec:
                 )
             )
         skip = float(data.get("skip_until", 0))
+        healed_ms, _, healed_reason = str(data.get("healed") or "").partition(" ")
         return Snapshot(
             pool=self.name,
             epoch=str(data["epoch"]),
@@ -378,6 +384,8 @@ class PoolCodec:
             members=tuple(members),
             probe_member=data.get("probe_member") or None,
             skipped_until=skip / 1000.0 if skip > now_ms else None,
+            healed_at=int(healed_ms) / 1000.0 if healed_ms.isdigit() else None,
+            healed_reason=self._reason(healed_reason),
         )
 
     # -- events (plain XREVRANGE / XREAD, no script) -----------------------------------------------
@@ -469,6 +477,12 @@ class PoolCodec:
         return events
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def check_reply(self, script: str, data: dict[str, Any]) -> None:
+        """Raises ``CorruptStateError`` when a reply of a script run under this worker's digest names a
+        member this worker's config lacks (the stored list was edited by hand); snapshot accepts any."""
+        if script != "snapshot":
+            self._check_known(data)
 
     def _check_known(self, data: dict[str, Any]) -> None:
         # Every script but snapshot runs under this worker's membership digest, so a reply can name a

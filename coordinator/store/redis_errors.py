@@ -27,7 +27,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from coordinator.core.errors import StoreMisconfiguredError, StoreUnavailableError
+from coordinator.core.errors import CorruptStateError, StoreMisconfiguredError, StoreUnavailableError
 from coordinator.store.codec import PoolCodec
 from coordinator.store.scripts import name_lines
 
@@ -113,6 +113,20 @@ def trouble(exc: BaseException) -> Trouble | None:
     if isinstance(exc, UNAVAILABLE):
         return Trouble("Redis is unreachable")
     return None
+
+
+def corruption(codec: PoolCodec, exc: BaseException) -> str | None:
+    """What is corrupt in ``codec``'s pool when ``exc`` says so (a script's ``COORD_CORRUPT``, a configured
+    member missing from the stored list, a stream of another type, a foreign stream entry), else None."""
+    if isinstance(exc, CorruptStateError):
+        text = str(exc)
+        if "corrupt state: " in text:
+            return text.partition("corrupt state: ")[2].partition("; ")[0]
+        return text.partition(": ")[2] if " holds an entry " in text else None
+    if not isinstance(exc, redis.ResponseError) or trouble(exc) is not None:
+        return None
+    mapped = codec.translate_error(str(exc))
+    return corruption(codec, mapped) if isinstance(mapped, CorruptStateError) else None
 
 
 def reraise(codec: PoolCodec, exc: Exception, script: str | None = None) -> NoReturn:

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 SCRIPT_NAMES = ("acquire", "report_failure", "report_success", "park", "unpark", "rotate", "snapshot", "reset",
-                "merge", "check")
+                "merge", "check", "heal")
 LIBRARY = ("lib/state.lua", "lib/rules.lua", "lib/commit.lua")
 #: How Redis (``user_script:12:``, ``@user_script:12.``) and fakeredis (``[string "..."]:12:``) name a line.
 _LINE_REF = re.compile(r"(?:@?user_script|\[string \"[^\"]*\"\]):(\d+)(?=[:.])")

@@ -282,48 +282,45 @@ def test_report_success_writes_nothing_when_nothing_to_reset(backend):
     [("generation", "abc"), ("version", "nan"), ("k0:cooling_until", "inf"), ("k0:parked_until", "later"),
      ("active", "nobody"), ("strategy", "random")],
 )
-def test_garbage_fields_are_reported_and_nothing_is_written(backend, field, value):
+def test_garbage_fields_are_healed_and_every_action_serves(backend, field, value):
+    # docs/design.md, "Corrupt state" (tests/behaviour/test_corrupt_state.py has every shape).
     pool = backend.coordinator(pool_config(2)).pool("p")
-    pool.acquire()
+    old = pool.acquire().epoch
     key = backend.keys("p")[0]
     backend.raw.hset(key, field, value)
-    before = backend.raw.hgetall(key)
-    events_before = backend.raw.xlen(backend.keys("p")[1])
     for action in (pool.acquire, lambda: pool.park("k0"), pool.snapshot, lambda: pool.rotate()):
-        with pytest.raises(co.CorruptStateError, match=field.split(":")[-1]):
-            action()
-    assert backend.raw.hgetall(key) == before
-    assert backend.raw.xlen(backend.keys("p")[1]) == events_before
+        action()
+    assert backend.raw.hget(key, field) != value
+    assert event_types(pool).count("healed") == 1
+    snap = pool.snapshot()
+    assert snap.epoch != old and field.split(":")[-1] in snap.healed_reason
 
 
 def test_hand_edit_of_a_member_in_its_default_state_is_seen_by_snapshot(backend):
     # The scripts read only the members the index names (and the active one): a member no script left
     # in another state is in its default state. A hand edit of its fields moves no version, so calls
-    # that trust the index do not see it; snapshot reads everything and reports it.
+    # that trust the index do not see it; snapshot reads everything, and heals it.
     pool = backend.coordinator(pool_config(2)).pool("p")
     pool.acquire()
     key = backend.keys("p")[0]
     backend.raw.hset(key, "k1:cooling_until", "inf")
-    before = backend.raw.hgetall(key)
-    with pytest.raises(co.CorruptStateError, match="k1:cooling_until"):
-        pool.snapshot()
     fresh = backend.coordinator(pool_config(2)).pool("p")
     assert fresh.acquire().member.id == "k0"
-    assert backend.raw.hgetall(key) == before
+    assert backend.raw.hget(key, "k1:cooling_until") == "inf"
+    assert "k1:cooling_until" in pool.snapshot().healed_reason
+    assert backend.raw.hget(key, "k1:cooling_until") is None
 
 
-def test_wrong_key_types_are_reported(backend):
+def test_wrong_key_types_are_replaced(backend):
     pool = backend.coordinator(pool_config(2)).pool("p")
     state_key, events_key = backend.keys("p")
     backend.raw.set(state_key, "not a hash")
-    with pytest.raises(co.CorruptStateError, match="expected hash"):
-        pool.acquire()
-    assert backend.raw.get(state_key) == "not a hash"
-    backend.raw.delete(state_key)
+    assert pool.acquire().member.id == "k0"
+    assert backend.raw.type(state_key) == "hash"
+    backend.raw.delete(state_key, events_key)
     backend.raw.rpush(events_key, "x")
-    with pytest.raises(co.CorruptStateError, match="expected stream"):
-        pool.acquire()
-    assert not backend.raw.exists(state_key)
+    assert pool.acquire().member.id == "k0"
+    assert backend.raw.type(events_key) == "stream" and event_types(pool) == ["healed"]
 
 
 def test_unknown_member_changes_nothing(backend):

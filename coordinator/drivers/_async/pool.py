@@ -9,10 +9,11 @@ from typing import Any, TypeVar
 
 import redis
 
+from coordinator.core.errors import CorruptStateError
 from coordinator.core.types import FailoverEvent, FailureResult, ParkResult, Result, Selection, Snapshot, SuccessResult
 from coordinator.drivers._async.store import AsyncStore
 from coordinator.store.codec import Op, PoolCodec
-from coordinator.store.redis_errors import reraise
+from coordinator.store.redis_errors import corruption, reraise
 
 T = TypeVar("T")
 
@@ -93,10 +94,25 @@ class AsyncPool:
         self._enter()
         lower = self._codec.since_id(since)
         try:
+            return await self._read_events(lower, limit)
+        except CorruptStateError as exc:
+            await self._repair(exc)
+        return await self._read_events(lower, limit)
+
+    async def _read_events(self, lower: str, limit: int) -> list[FailoverEvent]:
+        try:
             entries = await self._client.xrevrange(self._codec.events_key, max="+", min=lower, count=limit)
         except redis.RedisError as exc:
             reraise(self._codec, exc)
         return self._codec.parse_events(list(reversed(entries or [])))
+
+    async def _repair(self, exc: CorruptStateError) -> None:
+        """Heals a stream that a read found corrupt (another type, entries coordinator did not write), so
+        that the read can be made again (docs/design.md, "Corrupt state"); re-raises anything else."""
+        found = corruption(self._codec, exc)
+        if found is None:
+            raise exc
+        await self._store.repair(self._codec, found)
 
     async def events_after(self, last_id: str, *, block: float | None = None, count: int = 100) -> list[FailoverEvent]:
         """Up to ``count`` events written after the event ``last_id``, oldest first; waits up to
@@ -104,6 +120,13 @@ class AsyncPool:
         by default; a coordinator for tailing events wants a longer one)."""
         self._enter()
         args = self._codec.xread_args(last_id, block, count)
+        try:
+            return await self._read_after(args)
+        except CorruptStateError as exc:
+            await self._repair(exc)
+        return await self._read_after(args)
+
+    async def _read_after(self, args: dict[str, Any]) -> list[FailoverEvent]:
         try:
             reply = await self._client.xread(**args)
         except redis.RedisError as exc:

@@ -23,12 +23,12 @@ from typing import Any, TypeVar
 
 import redis
 
-from coordinator.core.errors import StoreError, StoreMisconfiguredError, StoreUnavailableError
+from coordinator.core.errors import CorruptStateError, StoreError, StoreMisconfiguredError, StoreUnavailableError
 from coordinator.drivers.io_sync import Lock, fake_redis, to_thread
 from coordinator.rules.outage import DEFAULT_PROBE_INTERVAL, Breaker
 from coordinator.store.codec import Op, Permissions, PoolCodec, decode_check, risky_policy
 from coordinator.store.connect import plain_redis_at, redact
-from coordinator.store.redis_errors import Trouble, reraise, short_error, trouble
+from coordinator.store.redis_errors import Trouble, corruption, reraise, short_error, trouble
 from coordinator.store.schema import KeySchema
 from coordinator.store.scripts import SCRIPT_NAMES, script_source
 from coordinator.store.standin import LastKnownState
@@ -65,6 +65,8 @@ class Store:
         self.trouble: Trouble | None = None
         self._announced = False
         self._said: tuple[str, float] = ("", -QUIET_AFTER)
+        #: Pools whose corrupt state could not be healed and that were said so (until Redis serves them).
+        self._corrupt: set[str] = set()
 
     @staticmethod
     def _call(scripts: Mapping[str, Any], codec: PoolCodec, op: Op[Any]) -> dict[str, Any]:
@@ -79,12 +81,20 @@ class Store:
             try:
                 if self.breaker.open:  # this call is the probe: bring Redis up to date before using it
                     self._merge_back()
-                data = self._call(self.scripts, codec, self.last_known.to_redis(codec, op))
+                data = self._call_healing(codec, self.last_known.to_redis(codec, op))
                 data = self._heal(codec, op, data)
             except Exception as exc:
-                self._down(codec, op, exc)
+                found = corruption(codec, exc)
+                if found is None or not self.local_fallback:
+                    self._down(codec, op, exc)
+                else:  # corrupt, and not healed (see _call_healing): this call is served locally
+                    self._say_corrupt(codec, found, exc)
+                    data = self._run_local(codec, op)
+                    self.last_known.seeded.discard(codec.name)  # the next local call starts afresh
+                    return op.parse(data)
             else:
                 self._up()
+                self._corrupt.discard(codec.name)
                 self.last_known.remember(codec.name, data)
                 return op.parse(data)
         elif op.operator or not self.local_fallback:
@@ -107,6 +117,43 @@ class Store:
         # The stand-in's transitions are this worker's alone: only a transition Redis made is the fleet's
         # one (docs/design.md, "Tokens and exactly-once events"), so no hook fires for a local one.
         return {**data, "transitioned": False}
+
+    def _call_healing(self, codec: PoolCodec, op: Op[Any]) -> dict[str, Any]:
+        """``op`` on Redis; a state the script finds corrupt is healed first (docs/design.md, "Corrupt
+        state"), then ``op`` runs again on the healed state."""
+        try:
+            data = self._call(self.scripts, codec, op)
+            codec.check_reply(op.script, data)
+            return data
+        except (redis.ResponseError, CorruptStateError) as exc:
+            found = corruption(codec, exc)
+            if found is None:
+                raise
+        self.repair(codec, found)
+        data = self._call(self.scripts, codec, op)
+        codec.check_reply(op.script, data)
+        return data
+
+    def repair(self, codec: PoolCodec, found: str) -> dict[str, Any]:
+        """Runs heal.lua: a state still corrupt is rebuilt under a new epoch keeping what can be read,
+        exactly once fleet-wide (a worker that comes second finds it sound and writes nothing). The worker
+        that rebuilt it says so in the log, once; the ``healed`` event and field say it to everyone."""
+        data = self._call(self.scripts, codec, codec.heal(found))
+        codec.view.forget()
+        if data.get("healed"):
+            _log.warning("coordinator: pool %r: its state in Redis was corrupt (%s); rebuilt it under the new "
+                         "epoch %s, keeping the state of %d member(s), %d unreadable field(s) dropped%s (see "
+                         "docs/design.md, \"Corrupt state\")", codec.name, data.get("found") or found,
+                         data.get("epoch"), int(data.get("kept") or 0), int(data.get("dropped") or 0),
+                         ", the event stream replaced" if data.get("stream_replaced") else "")
+        return data
+
+    def _say_corrupt(self, codec: PoolCodec, found: str, exc: BaseException) -> None:
+        if codec.name in self._corrupt:
+            return
+        self._corrupt.add(codec.name)
+        _log.error("coordinator: pool %r: its state in Redis is corrupt (%s) and could not be rebuilt (%s); "
+                   "serving its calls from local state", codec.name, found, short_error(exc))
 
     def _merge_back(self) -> None:
         """Merges what the stand-in learned into Redis (raising if Redis still cannot serve), then drops it."""
@@ -133,14 +180,18 @@ class Store:
         a loss, what this worker knew goes into the new state (merge.lua, atomically, with ``max()``), and
         a failure it reported under the old token is applied under the new one instead of dropped."""
         old, new = self.last_known.redis_epoch(codec.name), str(data.get("epoch") or "")
-        if not old or not new or new == old or self._was_reset(codec, new):
+        if not old or not new or new == old:
+            return data
+        origin = self._origin(codec, new)
+        if origin == "reset":
             return data
         items = self.last_known.heal_items(codec.name, float(data.get("now", 0)))
         if items:
             merged = self._call(self.scripts, codec, codec.merge(items, "merged after the state was lost"))
             codec.view.forget()
-            _log.warning("coordinator: pool %r: Redis lost its state (new epoch %s); merged what this worker "
-                         "knew of %d member(s)", codec.name, new, len(items))
+            if origin != "healed":  # a heal of a corrupt state was said once, by the worker that healed it
+                _log.warning("coordinator: pool %r: Redis lost its state (new epoch %s); merged what this "
+                             "worker knew of %d member(s)", codec.name, new, len(items))
             data = {**data, "generation": merged.get("generation", data.get("generation"))}
             if op.script == "acquire":  # the choice made on the empty state may be the member just restored as cooling
                 return self._call(self.scripts, codec, op)
@@ -150,11 +201,14 @@ class Store:
             return self._call(self.scripts, codec, renewed)
         return data
 
-    def _was_reset(self, codec: PoolCodec, epoch: str) -> bool:
-        """True when an operator's reset made ``epoch`` (then what was known is meant to be forgotten)."""
+    def _origin(self, codec: PoolCodec, epoch: str) -> str:
+        """``reset`` when an operator's reset made ``epoch`` (then what was known is meant to be forgotten),
+        ``healed`` when a heal of a corrupt state did, else "" (the state was lost)."""
         entries = self.client.xrevrange(codec.events_key, max="+", min="-", count=20)
-        return any((fields or {}).get("epoch") == epoch and (fields or {}).get("type") == "reset"
-                   for _, fields in entries or [])
+        for _, fields in entries or []:
+            if (fields or {}).get("epoch") == epoch and (fields or {}).get("type") in ("reset", "healed"):
+                return str(fields["type"])
+        return ""
 
     def _up(self) -> None:
         if self.breaker.succeeded():
