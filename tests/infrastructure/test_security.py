@@ -425,6 +425,14 @@ def test_a_missing_permission_fails_before_any_write(acl_server: RedisServer, ad
         with pytest.raises(co.StoreError, match="may not run DEL"):
             pool.reset()
         assert admin.hgetall(keys[0]) == before_hash
+        # Without DEL a corrupt state cannot be healed (docs/design.md, "Corrupt state"): calls are
+        # served locally, as for any missing grant, and nothing is written.
+        admin.hset(keys[0], "generation", "abc")
+        before = (admin.hgetall(keys[0]), admin.xrange(keys[1]))
+    with co.Coordinator(user_url(acl_server), [pool_cfg()], staleness=0) as coord:
+        assert coord.call("openai", lambda member: member.id) == "acct-1"
+        assert coord.pool("openai").acquire().epoch.startswith("local")
+        assert (admin.hgetall(keys[0]), admin.xrange(keys[1])) == before
 
 
 # -- tenants -----------------------------------------------------------------------------------------
