@@ -94,3 +94,51 @@ def test_an_allkeys_eviction_policy_is_warned_about_at_start(prefix: str, caplog
     with RedisServer("--maxmemory", "100mb", "--maxmemory-policy", "noeviction") as server:
         co.Coordinator(server.url, [cfg()], prefix=prefix).close()
     assert not [r for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+
+
+def test_a_real_eviction_heals_from_the_fleets_memory_without_a_flap(prefix: str,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Redis really evicts the pool's keys (allkeys-lru, memory filled with other keys): the next call
+    merges what the worker knew, so the exhausted member stays out (its deadline kept by max()) and no
+    call goes to it."""
+    caplog.set_level(logging.INFO, logger="coordinator")
+    with RedisServer("--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru") as server:
+        raw = redis.Redis.from_url(server.url, decode_responses=True)
+        coord = co.Coordinator(server.url, [cfg()], prefix=prefix, staleness=0)
+        warned = [r.getMessage() for r in caplog.records if "maxmemory-policy is allkeys-lru" in r.getMessage()]
+        assert len(warned) == 1 and "noeviction" in warned[0]
+        pool = coord.pool("p")
+        pool.report_failure(pool.acquire(), "quota_exhausted", retry_after=3600)  # k0 out for an hour
+        pool.park("k2", reason="billing")
+        served: list[str] = []
+
+        def fn(member: co.Member) -> str:
+            served.append(member.id)
+            return member.id
+
+        assert coord.call("p", fn) == "k1"
+        before = pool.snapshot()
+        state = co.KeySchema(prefix).pool("p")
+        filled = 0
+        while raw.exists(state):  # EXISTS does not touch the key's LRU clock
+            assert filled < 5000, "Redis never evicted the pool's state"
+            raw.set(f"filler:{filled}", "x" * 20_000)
+            filled += 1
+        evicted = int(raw.info("stats")["evicted_keys"])
+        assert evicted > 0
+        errors = []
+        for _ in range(50):
+            try:
+                coord.call("p", fn)
+            except Exception as exc:  # the goal is none
+                errors.append(exc)
+        assert errors == [] and set(served) == {"k1"}, (errors, served)
+        after = pool.snapshot()
+        assert after.epoch != before.epoch and after.active == "k1"
+        k0 = after.member("k0")
+        assert k0.cooling_until is not None and k0.cooling_until >= before.member("k0").cooling_until - 0.01
+        assert k0.ejections == 1 and after.member("k2").parked and after.member("k2").reason == "billing"
+        assert sum("lost its state" in r.getMessage() for r in caplog.records) == 1
+        assert len([r for r in caplog.records if "allkeys-lru" in r.getMessage()]) == 1
+        coord.close()
+        raw.close()
