@@ -231,6 +231,10 @@ class PoolConfig(_Model):
     #: Whether this pool's members finish a broken stream from an assistant prefill (members may say
     #: otherwise): ``"auto"`` (Anthropic Messages yes, OpenAI no), ``"prefill"`` or ``"off"``.
     continuation: ContinuationMode = "auto"
+    #: Rolling deploys (docs/design.md, "Rolling deploys"): while workers of two configurations of this
+    #: pool run side by side, the membership of the higher revision is the fleet's; the others use the
+    #: members they share with it. Raise it with every change of the members (a rollback too).
+    revision: int = Field(default=0, ge=0, le=10**12)
 
     def continuation_of(self, member: Member) -> ContinuationMode:
         return member.continuation if member.continuation is not None else self.continuation

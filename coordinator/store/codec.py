@@ -38,6 +38,7 @@ from coordinator.core.types import (
     ms_to_seconds,
 )
 from coordinator.rules.view import DEFAULT_STALENESS, PoolView
+from coordinator.store.membership import within_fleet
 from coordinator.store.schema import KeySchema
 
 T = TypeVar("T")
@@ -120,7 +121,10 @@ class PoolCodec:
             "weights": [m.weight for m in config.members],
         }
         self.spec_json = json.dumps(spec, separators=(",", ":"), sort_keys=True)
+        # The digest names the membership alone: a revision decides between two memberships.
         self.digest = hashlib.sha1(self.spec_json.encode()).hexdigest()[:16]
+        if config.revision:
+            self.spec_json = json.dumps({**spec, "revision": config.revision}, separators=(",", ":"), sort_keys=True)
         self.stream_maxlen = str(stream_maxlen) if stream_max_age is None else f"{stream_maxlen} {_ms(stream_max_age)}"
         #: The scripts' ARGV[1]: where change notices go (the coordinator sets it once it knows the client).
         self.channels = keys.notice_targets(config.name, sharded=False, legacy=True)
@@ -204,6 +208,8 @@ class PoolCodec:
         return Op("acquire", self._keys, args, self._parse_acquire)
 
     def _parse_acquire(self, data: dict[str, Any]) -> Selection:
+        if data.get("foreign"):
+            data = within_fleet(self.name, self._members, data)
         self._check_known(data)
         self.view.learn_acquire(data, self.clock())
         member_id = data.get("member") or ""
@@ -486,7 +492,10 @@ class PoolCodec:
 
     def _check_known(self, data: dict[str, Any]) -> None:
         # Every script but snapshot runs under this worker's membership digest, so a reply can name a
-        # member this worker does not know only when someone altered the stored members by hand.
+        # member this worker does not know only when someone altered the stored members by hand, or when
+        # it ran within another configuration's membership (docs/design.md, "Rolling deploys").
+        if data.get("foreign"):
+            return
         for name in ("member", "active"):
             member_id = data.get(name) or ""
             if member_id and member_id not in self._members:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 SCRIPT_NAMES = ("acquire", "report_failure", "report_success", "park", "unpark", "rotate", "snapshot", "reset",
                 "merge", "check", "heal")
-LIBRARY = ("lib/state.lua", "lib/rules.lua", "lib/commit.lua")
+LIBRARY = ("lib/state.lua", "lib/rules.lua", "lib/commit.lua", "lib/membership.lua")
 #: How Redis (``user_script:12:``, ``@user_script:12.``) and fakeredis (``[string "..."]:12:``) name a line.
 _LINE_REF = re.compile(r"(?:@?user_script|\[string \"[^\"]*\"\]):(\d+)(?=[:.])")
 

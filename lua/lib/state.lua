@@ -34,6 +34,8 @@
 --   data, rebuilt from the rest by the full path, never read by older releases)
 
 local FOREVER = 'forever'
+-- Whether a configuration's membership may not replace the stored one (lib/membership.lua fills it in).
+local keeps_stored_membership
 local STRATEGIES = {sticky = true, priority = true, round_robin = true}
 local NEED_SPEC = '{"need_spec":true}'
 -- Lua numbers are doubles and tostring() prints only 14 significant digits: a longer integer would
@@ -384,6 +386,7 @@ function load_state(full)
         or not STRATEGIES[spec.strategy or ''] then
       return nil, redis.error_reply('COORD_BAD_ARGUMENT membership spec is not valid')
     end
+    if keeps_stored_membership(S, h, spec, t1 == 'none') then return S, nil end
     local old_ids = rawget(S, 'ids') or {}
     set_members(S, spec.members, spec.weights or {})
     for _, id in ipairs(old_ids) do
