@@ -115,7 +115,7 @@ def _history(url: str, prefix: str) -> float:
 
 def _check(url: str, prefix: str, results: list[dict[str, Any]], until: float, words: str) -> None:
     raw = redis.Redis.from_url(url, decode_responses=True)
-    state, events_key = co.KeySchema(prefix).pool_keys("p")
+    events_key = co.KeySchema(prefix).events("p")
     healed = [f for _, f in raw.xrange(events_key) if f.get("type") == "healed"]
     errors = [e for r in results for e in r["errors"]]
     used: dict[str, int] = {}
