@@ -25,6 +25,7 @@
 --   dropped         how many unreadable member fields were dropped
 --   stream_replaced true when the event stream was replaced
 --   transitioned    same as healed
+--   and, when the state is sound but another configuration's, lib/membership.lua's foreign, usable
 
 if ARGV[4] == '' then return NEED_SPEC end
 local KINDS = {rate_limited = true, quota_exhausted = true, auth = true, transient = true,
@@ -50,7 +51,7 @@ local function bad_stream()
   return nil
 end
 
--- What is wrong with the pool, or nil; and whether the stream must go.
+-- What is wrong with the pool, or nil; whether the stream must go; an error reply; the state as loaded.
 local function diagnose()
   local S, err = load(true)
   if not S then
@@ -62,19 +63,24 @@ local function diagnose()
     return nil, false, err
   end
   local stream = bad_stream()
-  if stream then return stream, true end
+  if stream then return stream, true, nil, S end
   if rawget(S, 'digest') == ARGV[3] and not S.changed then
     local ok, spec = pcall(cjson.decode, ARGV[4])
     local want = ok and type(spec) == 'table' and type(spec.members) == 'table' and table.concat(spec.members, ',')
     if want and S.members_csv ~= want then
-      return KEYS[1] .. ' field members does not match its digest (edited by hand)', false
+      return KEYS[1] .. ' field members does not match its digest (edited by hand)', false, nil, S
     end
   end
-  return nil, false
+  return nil, false, nil, S
 end
 
-local found, replace_stream, err = diagnose()
+local found, replace_stream, err, loaded = diagnose()
 if err then return err end
+if found == nil and loaded and loaded.foreign then
+  -- Sound, and another configuration's (lib/membership.lua): the reply says what this caller may use.
+  return reply(loaded, {healed = false, found = '', previous_epoch = '', kept = 0, dropped = 0,
+                        stream_replaced = false, transitioned = false})
+end
 if found == nil then
   local S = new_state()
   local v = redis.call('HMGET', KEYS[1], 'epoch', 'generation', 'version', 'active', 'exhausted')

@@ -4,7 +4,10 @@ whose configuration did not win uses only the members both have, sharing one sta
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import pytest
 
 import coordinator as co
 from tests.helpers import event_types
@@ -56,6 +59,22 @@ def test_equal_revisions_do_not_rewrite_each_other(backend: Any) -> None:
     assert c.acquire().member.id == "k1"
     assert _stored(backend) == "k1,k2" and event_types(a).count("reconfigured") == 2
     assert a.acquire().member.id == "k1" and b.acquire().member.id == "k1"
+
+
+def test_a_report_on_a_member_the_fleet_dropped_changes_nothing(backend: Any,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="coordinator")
+    old = backend.coordinator(cfg("k0,k1,k2", 1)).pool("p")
+    sel = old.acquire()
+    assert sel.member.id == "k0"
+    backend.coordinator(cfg("k1,k2,k3", 2)).pool("p").acquire()  # the new deploy drops k0
+    before = backend.raw.hgetall(backend.keys("p")[0])
+    failure = old.report_failure(sel, "rate_limited", retry_after=60)
+    assert failure.stale and not failure.cooled and not failure.transitioned
+    assert not old.report_success(sel).transitioned
+    assert backend.raw.hgetall(backend.keys("p")[0]) == before
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+    assert old.acquire().member.id == "k1"
 
 
 def test_round_robin_within_another_membership(backend: Any) -> None:

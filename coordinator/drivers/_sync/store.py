@@ -129,7 +129,12 @@ class Store:
             found = corruption(codec, exc)
             if found is None:
                 raise
-        self.repair(codec, found)
+            unknown = str(exc).startswith("COORD_UNKNOWN_MEMBER")
+        sound = self.repair(codec, found)
+        if unknown and sound.get("foreign") and op.script in ("report_failure", "report_success"):
+            # Not corrupt: the pool runs another configuration's membership (docs/design.md, "Rolling
+            # deploys"), which lacks the member reported on; the report changes nothing, as a stale one.
+            return {**sound, "member": op.args[0], "stale": True, "cooled": False, "transitioned": False}
         data = self._call(self.scripts, codec, op)
         codec.check_reply(op.script, data)
         return data
