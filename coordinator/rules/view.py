@@ -36,6 +36,26 @@ DEFAULT_STALENESS = 1.0
 SAFETY_STALENESS = 300.0
 
 
+@dataclass(frozen=True)
+class AcquireDecision:
+    """What an acquire reply decided, as the view reuses it; ``store/codec.py`` (``decode_acquire``) is
+    the one decoder of the reply. Times are server milliseconds."""
+
+    epoch: str
+    generation: int
+    version: int
+    active: str | None
+    #: The member to use, or a round-robin pool's rotation: member ids, each repeated per its weight.
+    rotation: tuple[str, ...]
+    #: Members whose successes must be reported.
+    dirty: frozenset[str]
+    now: float
+    #: Until when the decision holds by time alone (0: never reuse it).
+    valid_until: float
+    #: False for a degraded answer or a probe lease: never reused.
+    reusable: bool
+
+
 class NoticeHealth:
     """Whether the coordinator's change-notice subscription is up; shared by its pools' views and set
     by the listener."""
@@ -83,32 +103,21 @@ class PoolView:
 
     # -- learning --------------------------------------------------------------------------------
 
-    def learn_acquire(self, data: dict[str, Any], now: float) -> None:
-        """Keeps the decision of an acquire reply if it may be reused."""
-        self.observe(data)
-        valid_until = float(data.get("valid_until") or 0)
-        server_now = float(data.get("now", 0))
+    def learn_acquire(self, decided: AcquireDecision, now: float) -> None:
+        """Keeps the decision of an acquire reply (decoded by ``store/codec.py``) if it may be reused."""
+        epoch, version, server_now, valid_until = decided.epoch, decided.version, decided.now, decided.valid_until
+        self.notice(epoch, version)
         self._offset = server_now / 1000.0 - now
-        if self.staleness <= 0 or valid_until <= server_now or data.get("degraded") or data.get("lease"):
+        if self.staleness <= 0 or valid_until <= server_now or not decided.reusable:
             self._decision = None
             return
-        epoch, version = str(data["epoch"]), int(data["version"])
         if (epoch, version) != self._seen:
             self._decision = None  # a newer write was already announced
             return
-        if data.get("rotation"):
-            rotation = tuple(
-                self._members[member_id]
-                for item in str(data["rotation"]).split(",")
-                for member_id, _, weight in [item.partition(":")]
-                for _ in range(int(weight or 1))
-            )
-        else:
-            rotation = (self._members[str(data["member"])],)
-        dirty = frozenset(filter(None, str(data.get("dirty") or "").split(",")))
+        rotation = tuple(self._members[member_id] for member_id in decided.rotation)
         holds = (valid_until - server_now) / 1000.0
-        self._decision = _Decision(epoch, int(data["generation"]), version, data.get("active") or None, rotation,
-                                   dirty, now + min(SAFETY_STALENESS, holds), now + min(self.staleness, holds),
+        self._decision = _Decision(epoch, decided.generation, version, decided.active, rotation, decided.dirty,
+                                   now + min(SAFETY_STALENESS, holds), now + min(self.staleness, holds),
                                    server_now / 1000.0 - now)
 
     def observe(self, data: dict[str, Any]) -> None:

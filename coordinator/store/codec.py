@@ -37,7 +37,7 @@ from coordinator.core.types import (
     SuccessResult,
     ms_to_seconds,
 )
-from coordinator.rules.view import DEFAULT_STALENESS, PoolView
+from coordinator.rules.view import DEFAULT_STALENESS, AcquireDecision, PoolView
 from coordinator.store.membership import within_fleet
 from coordinator.store.schema import KeySchema
 
@@ -96,6 +96,18 @@ def _nonce() -> str:
 def _events(data: dict[str, Any]) -> tuple[str, ...]:
     text = data.get("events") or ""
     return tuple(text.split(",")) if text else ()
+
+
+def decode_acquire(data: dict[str, Any]) -> AcquireDecision:
+    """An acquire reply (lua/acquire.lua's header) as the local view reuses it."""
+    rotation = str(data.get("rotation") or "")
+    ids = tuple(member_id for item in rotation.split(",") for member_id, _, weight in [item.partition(":")]
+                for _ in range(int(weight or 1))) if rotation else (str(data.get("member") or ""),)
+    dirty = frozenset(filter(None, str(data.get("dirty") or "").split(",")))
+    epoch, active = str(data["epoch"]), data.get("active") or None
+    return AcquireDecision(epoch, int(data["generation"]), int(data["version"]), active,
+                           ids, dirty, float(data.get("now", 0)), float(data.get("valid_until") or 0),
+                           not data.get("degraded") and not data.get("lease"))
 
 
 class PoolCodec:
@@ -184,7 +196,7 @@ class PoolCodec:
         return member_id
 
     def _common(self, data: dict[str, Any]) -> dict[str, Any]:
-        self._check_known(data)
+        self.check_known(data)
         return {
             "pool": self.name,
             "transitioned": bool(data.get("transitioned")),
@@ -210,8 +222,8 @@ class PoolCodec:
     def _parse_acquire(self, data: dict[str, Any]) -> Selection:
         if data.get("foreign"):
             data = within_fleet(self.name, self._members, data)
-        self._check_known(data)
-        self.view.learn_acquire(data, self.clock())
+        self.check_known(data)
+        self.view.learn_acquire(decode_acquire(data), self.clock())
         member_id = data.get("member") or ""
         if not member_id:
             raise PoolExhaustedError(
@@ -315,8 +327,7 @@ class PoolCodec:
         return Op("merge", self._keys, [json.dumps(items), "", reason], self._parse_merge)
 
     def heal(self, found: str) -> Op[dict[str, Any]]:
-        """Rebuilds a corrupt state under a new epoch, keeping what can be read (heal.lua; writes nothing
-        when the state is sound, e.g. another worker healed it first). ``found``: what the caller met."""
+        """heal.lua: a corrupt state rebuilt (nothing when sound); ``found``: what the caller met."""
         return Op("heal", self._keys, [found[:300]], self._parse_merge)
 
     def release(self, selection: Selection) -> Op[dict[str, Any]]:
@@ -484,13 +495,7 @@ class PoolCodec:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def check_reply(self, script: str, data: dict[str, Any]) -> None:
-        """Raises ``CorruptStateError`` when a reply of a script run under this worker's digest names a
-        member this worker's config lacks (the stored list was edited by hand); snapshot accepts any."""
-        if script != "snapshot":
-            self._check_known(data)
-
-    def _check_known(self, data: dict[str, Any]) -> None:
+    def check_known(self, data: dict[str, Any]) -> None:
         # Every script but snapshot runs under this worker's membership digest, so a reply can name a
         # member this worker does not know only when someone altered the stored members by hand, or when
         # it ran within another configuration's membership (docs/design.md, "Rolling deploys").

@@ -17,6 +17,7 @@ from provider_errors import rate_limited
 
 import coordinator as co
 from coordinator.rules.view import SAFETY_STALENESS, NoticeHealth, PoolView
+from coordinator.store.codec import decode_acquire
 
 
 @pytest.fixture
@@ -165,10 +166,10 @@ def test_a_healthy_subscription_keeps_a_decision_until_a_notice():
     reply = {"epoch": "e", "generation": 1, "version": 1, "now": 0.0, "active": "a", "member": "a",
              "valid_until": 86_400_000.0, "rotation": "", "dirty": ""}
     health.ok = True
-    view.learn_acquire(reply, now=100.0)
+    view.learn_acquire(decode_acquire(reply), now=100.0)
     assert view.selection(150.0) is not None, "no notice: still right, no round trip"
     assert view.selection(100.0 + SAFETY_STALENESS) is None, "never past the safety bound"
-    view.learn_acquire(reply, now=200.0)
+    view.learn_acquire(decode_acquire(reply), now=200.0)
     health.ok = False
     assert view.selection(200.5) is not None and view.selection(201.0) is None, "unheard: staleness again"
 

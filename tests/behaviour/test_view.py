@@ -18,6 +18,7 @@ from helpers import event_types, pool_config, wait_for
 import coordinator as co
 from coordinator.core.config import Member
 from coordinator.rules.view import PoolView
+from coordinator.store.codec import decode_acquire
 
 MEMBERS = {m: Member(id=m) for m in ("a", "b", "c")}
 
@@ -31,7 +32,7 @@ def reply(**fields):
 
 def test_decision_is_reused_until_the_staleness_bound():
     view = PoolView("p", MEMBERS, staleness=1.0)
-    view.learn_acquire(reply(), now=100.0)
+    view.learn_acquire(decode_acquire(reply()), now=100.0)
     sel = view.selection(100.5)
     assert sel is not None and (sel.member.id, sel.epoch, sel.generation) == ("a", "e1", 3)
     assert sel.now == pytest.approx(1000.5)
@@ -40,14 +41,14 @@ def test_decision_is_reused_until_the_staleness_bound():
 
 def test_valid_until_shorter_than_staleness_wins():
     view = PoolView("p", MEMBERS, staleness=10.0)
-    view.learn_acquire(reply(valid_until=1_000_000.0 + 250), now=100.0)
+    view.learn_acquire(decode_acquire(reply(valid_until=1_000_000.0 + 250)), now=100.0)
     assert view.selection(100.2) is not None
     assert view.selection(100.3) is None
 
 
 def test_newer_notice_drops_the_decision_older_does_not():
     view = PoolView("p", MEMBERS, staleness=60.0)
-    view.learn_acquire(reply(), now=100.0)
+    view.learn_acquire(decode_acquire(reply()), now=100.0)
     view.notice("e1", 6)
     view.notice("e1", 7)
     assert view.selection(100.1) is not None
@@ -57,7 +58,7 @@ def test_newer_notice_drops_the_decision_older_does_not():
 
 def test_new_epoch_drops_the_decision():
     view = PoolView("p", MEMBERS, staleness=60.0)
-    view.learn_acquire(reply(), now=100.0)
+    view.learn_acquire(decode_acquire(reply()), now=100.0)
     view.notice("e2", 1)
     assert view.selection(100.1) is None
 
@@ -65,33 +66,33 @@ def test_new_epoch_drops_the_decision():
 def test_a_notice_that_overtook_the_reply_keeps_it_from_being_used():
     view = PoolView("p", MEMBERS, staleness=60.0)
     view.notice("e1", 8)
-    view.learn_acquire(reply(version=7), now=100.0)
+    view.learn_acquire(decode_acquire(reply(version=7)), now=100.0)
     assert view.selection(100.1) is None
 
 
 @pytest.mark.parametrize("fields", [{"degraded": True}, {"lease": "xyz"}, {"valid_until": 0}])
 def test_degraded_probe_and_uncacheable_answers_are_not_reused(fields):
     view = PoolView("p", MEMBERS, staleness=60.0)
-    view.learn_acquire(reply(**fields), now=100.0)
+    view.learn_acquire(decode_acquire(reply(**fields)), now=100.0)
     assert view.selection(100.0) is None
 
 
 def test_zero_staleness_never_reuses():
     view = PoolView("p", MEMBERS, staleness=0)
-    view.learn_acquire(reply(), now=100.0)
+    view.learn_acquire(decode_acquire(reply()), now=100.0)
     assert view.selection(100.0) is None
 
 
 def test_round_robin_rotation_is_spread_locally_by_weight():
     view = PoolView("p", MEMBERS, staleness=60.0)
-    view.learn_acquire(reply(active="", member="a", rotation="a:1,c:3"), now=100.0)
+    view.learn_acquire(decode_acquire(reply(active="", member="a", rotation="a:1,c:3")), now=100.0)
     picks = [view.selection(100.0).member.id for _ in range(40)]
     assert picks.count("a") == 10 and picks.count("c") == 30 and "b" not in picks
 
 
 def test_only_successes_that_reset_something_are_news():
     view = PoolView("p", MEMBERS, staleness=60.0)
-    view.learn_acquire(reply(dirty="b"), now=100.0)
+    view.learn_acquire(decode_acquire(reply(dirty="b")), now=100.0)
     sel_a = view.selection(100.0)
     assert not view.success_is_news(sel_a, 100.0)
     sel_b = co.Selection(pool="p", member=MEMBERS["b"], epoch="e1", generation=3)
@@ -105,7 +106,7 @@ def test_a_sticky_notice_brings_the_new_decision_along():
     from coordinator.store.notices import parse_notice
 
     view = PoolView("p", MEMBERS, staleness=1.0)
-    view.learn_acquire(reply(), now=100.0)
+    view.learn_acquire(decode_acquire(reply()), now=100.0)
     notice = parse_notice("p e1 4 8 b a")
     view.notice(notice.epoch, notice.version, notice, now=100.5)
     sel = view.selection(100.6)
@@ -122,7 +123,7 @@ def test_a_notice_without_a_decision_only_drops():
     from coordinator.store.notices import parse_notice
 
     view = PoolView("p", MEMBERS, staleness=1.0)
-    view.learn_acquire(reply(), now=100.0)
+    view.learn_acquire(decode_acquire(reply()), now=100.0)
     for text in ("p e1 4 8 - -", "p e1 5 9", "p e1 6 10 nobody -"):
         notice = parse_notice(text)
         view.notice(notice.epoch, notice.version, notice, now=100.1)

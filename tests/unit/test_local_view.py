@@ -11,6 +11,7 @@ import pytest
 from coordinator.core.config import Member
 from coordinator.core.types import Selection
 from coordinator.rules.view import DEFAULT_STALENESS, PoolView
+from coordinator.store.codec import decode_acquire
 
 MEMBERS = {m: Member(id=m) for m in ("a", "b", "c")}
 SERVER_MS = 5_000_000.0  # the reply's server time, milliseconds
@@ -25,14 +26,14 @@ def reply(**fields: Any) -> dict[str, Any]:
 
 def learned(staleness: float = 60.0, **fields: Any) -> PoolView:
     view = PoolView("p", MEMBERS, staleness=staleness)
-    view.learn_acquire(reply(**fields), now=100.0)
+    view.learn_acquire(decode_acquire(reply(**fields)), now=100.0)
     return view
 
 
 def test_the_default_reuses_a_decision_for_one_second() -> None:
     assert DEFAULT_STALENESS == 1.0
     view = PoolView("p", MEMBERS)
-    view.learn_acquire(reply(), now=100.0)
+    view.learn_acquire(decode_acquire(reply()), now=100.0)
     assert view.selection(100.99) is not None
     assert view.selection(101.0) is None
 
@@ -47,7 +48,7 @@ def test_a_reused_selection_carries_the_token_and_the_server_clock() -> None:
 def test_counts_hits_and_misses() -> None:
     view = PoolView("p", MEMBERS, staleness=5.0)
     assert view.selection(1.0) is None
-    view.learn_acquire(reply(), now=1.0)
+    view.learn_acquire(decode_acquire(reply()), now=1.0)
     view.selection(1.5)
     view.selection(2.0)
     assert (view.hits, view.misses) == (2, 1)
@@ -83,9 +84,9 @@ def test_valid_until_shorter_than_staleness_bounds_the_reuse() -> None:
 def test_a_reply_older_than_an_announced_write_is_not_reused() -> None:
     view = PoolView("p", MEMBERS, staleness=60.0)
     view.notice("e1", 8)
-    view.learn_acquire(reply(version=7), now=100.0)
+    view.learn_acquire(decode_acquire(reply(version=7)), now=100.0)
     assert view.selection(100.0) is None
-    view.learn_acquire(reply(version=8), now=100.0)
+    view.learn_acquire(decode_acquire(reply(version=8)), now=100.0)
     assert view.selection(100.0) is not None
 
 
@@ -190,13 +191,13 @@ def test_a_quiet_success_answers_like_the_script_would() -> None:
 def test_a_reply_that_must_not_be_reused_also_drops_the_previous_decision(fields: dict[str, Any]) -> None:
     view = learned()
     assert view.selection(100.0) is not None
-    view.learn_acquire(reply(**fields), now=100.5)  # same version: no notice would drop it
+    view.learn_acquire(decode_acquire(reply(**fields)), now=100.5)  # same version: no notice would drop it
     assert view.selection(100.5) is None
 
 
 def test_at_the_default_staleness_a_sticky_notice_is_taken_too() -> None:
     view = PoolView("p", MEMBERS)
-    view.learn_acquire(reply(), now=100.0)
+    view.learn_acquire(decode_acquire(reply()), now=100.0)
     view.notice("e1", 8, SimpleNamespace(active="c", generation=5, dirty=()), now=100.2)
     sel = view.selection(100.3)
     assert sel is not None and sel.member.id == "c"
