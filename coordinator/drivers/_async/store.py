@@ -170,7 +170,7 @@ class AsyncStore:
             items = self.last_known.merge_items(await self._local.hgetall(codec.keys.pool(pool)), now_ms)
             if items:
                 try:
-                    await self._call(self.scripts, codec, codec.merge(items))
+                    await self._call_healing(codec, codec.merge(items))
                 except redis.ResponseError as exc:
                     if trouble(exc) is not None:
                         raise
