@@ -10,7 +10,9 @@ in-process fakeredis, seeded from what this worker last learned of each pool (``
 Operator actions are refused meanwhile, never queued, with the reason. When a probe succeeds, what the
 stand-in learned is merged into Redis with ``max()`` (``merge.lua``), the stand-in is dropped and every
 local view is re-read. One log line when an episode starts and one when it ends (a misconfiguration
-is repeated at ERROR once a minute: it does not pass by itself).
+is repeated at ERROR once a minute: it does not pass by itself). A pool whose state a script finds
+corrupt is healed (heal.lua, once fleet-wide) and the call made again; if even that fails, the call is
+served locally (docs/design.md, "Corrupt state").
 """
 
 from __future__ import annotations
