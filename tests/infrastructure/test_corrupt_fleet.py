@@ -165,3 +165,33 @@ def test_workers_meeting_a_state_key_of_another_type_heal_it_once_from_their_mem
     results = _fleet(redis_url, prefix, True, corrupt)
     _check(redis_url, prefix, results, until, "has type list, expected hash")
     raw.close()
+
+
+def test_a_heal_is_whole_even_when_redis_is_out_of_memory(prefix: str) -> None:
+    """Redis refuses a script's first write when memory is full, but lets a script that already wrote
+    finish: heal.lua's first write is a DEL, so the rebuilt state is written whole, never half."""
+    from conftest import RedisServer
+
+    with RedisServer("--maxmemory", "4mb", "--maxmemory-policy", "noeviction") as server:
+        until = _history(server.url, prefix)
+        raw = redis.Redis.from_url(server.url, decode_responses=True)
+        state = co.KeySchema(prefix).pool("p")
+        raw.hset(state, mapping={"generation": "abc", "k0:failures": "x"})
+        filled = 0
+        try:
+            while True:
+                raw.set(f"filler:{filled}", "x" * 20_000)
+                filled += 1
+                assert filled < 5000
+        except redis.exceptions.OutOfMemoryError:
+            pass
+        with co.Coordinator(server.url, [cfg()], prefix=prefix, staleness=0) as coord:
+            assert coord.call("p", lambda m: m.id) == "k1"
+            snap = coord.pool("p").snapshot()
+        assert snap.healed_at is not None and snap.active == "k1"
+        assert snap.member("k0").cooling_until is not None and snap.member("k0").cooling_until >= until - 0.01
+        assert snap.member("k2").parked and raw.hget(state, "generation") == "1"
+        assert "k0:failures" not in raw.hgetall(state)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            raw.set("still-full", "x" * 20_000)  # the heal ran with memory full
+        raw.close()
