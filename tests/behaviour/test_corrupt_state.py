@@ -409,3 +409,19 @@ def test_reset_of_a_pool_without_state_creates_it(backend: Any) -> None:
     assert {pool.acquire().member.id for _ in range(4)} == {"k0", "k1"}
 
 
+
+
+@REDIS_AND_MEMORY
+@pytest.mark.parametrize("strategy", ["priority", "round_robin"])
+def test_every_strategy_heals(backend: Any, caplog: pytest.LogCaptureFixture, strategy: str) -> None:
+    _prepare(backend, strategy)
+    backend.raw.hset(backend.keys("p")[0], "k1:ejections", "many")
+    caplog.set_level(logging.INFO, logger="coordinator")
+    pool = backend.coordinator(pool_config(3, strategy=strategy)).pool("p")
+    served = {pool.acquire().member.id for _ in range(6)}
+    assert served == {"k1"}, "neither the cooling k0 nor the parked k2"
+    snap = pool.snapshot()
+    assert snap.healed_at is not None and "k1:ejections" in snap.healed_reason
+    assert snap.strategy == strategy and (snap.active is None) == (strategy == "round_robin")
+    assert snap.member("k0").cooling_until is not None and snap.member("k2").parked
+    assert sum("was corrupt" in r.getMessage() for r in caplog.records) == 1
