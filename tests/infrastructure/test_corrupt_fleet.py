@@ -19,6 +19,8 @@ from tests.helpers import members
 
 WORKERS = 6
 CALLS = 60
+# Coordinators here wait up to 5 s (timeout=5.0) for Redis: on a loaded machine a slower reply would be
+# served by the stand-in, which is not what these tests are about.
 
 
 def cfg() -> co.PoolConfig:
@@ -47,7 +49,7 @@ def _worker(url: str, prefix: str, index: int, warm: bool, barrier: Any, out: An
 
     if index % 2:
         async def run() -> None:
-            coord = co.AsyncCoordinator(url, [cfg()], prefix=prefix, staleness=0)
+            coord = co.AsyncCoordinator(url, [cfg()], prefix=prefix, staleness=0, timeout=5.0)
             await coord.check()
             if warm:
                 await coord.call("p", fn)
@@ -62,7 +64,7 @@ def _worker(url: str, prefix: str, index: int, warm: bool, barrier: Any, out: An
 
         asyncio.run(run())
     else:
-        coord = co.Coordinator(url, [cfg()], prefix=prefix, staleness=0)
+        coord = co.Coordinator(url, [cfg()], prefix=prefix, staleness=0, timeout=5.0)
         if warm:
             coord.call("p", fn)
         barrier.wait(30)
@@ -103,7 +105,7 @@ def prefix() -> str:
 
 def _history(url: str, prefix: str) -> float:
     """k0 out for an hour (quota), k2 parked: the fleet is on k1. Returns k0's cooling deadline."""
-    coord = co.Coordinator(url, [cfg()], prefix=prefix, staleness=0)
+    coord = co.Coordinator(url, [cfg()], prefix=prefix, staleness=0, timeout=5.0)
     pool = coord.pool("p")
     pool.report_failure(pool.acquire(), "quota_exhausted", retry_after=3600)
     pool.park("k2", reason="billing")
@@ -130,7 +132,7 @@ def _check(url: str, prefix: str, results: list[dict[str, Any]], until: float, w
     assert not [text for level, text in lines if level >= logging.ERROR or "lost its state" in text], lines
     assert set(used) == {"k1"}, f"a call went to the exhausted or the parked member: {used}"
     assert sum(used.values()) >= WORKERS * CALLS
-    coord = co.Coordinator(url, [cfg()], prefix=prefix, staleness=0)
+    coord = co.Coordinator(url, [cfg()], prefix=prefix, staleness=0, timeout=5.0)
     snap = coord.pool("p").snapshot()
     coord.close()
     k0 = snap.member("k0")
@@ -185,7 +187,7 @@ def test_a_heal_is_whole_even_when_redis_is_out_of_memory(prefix: str) -> None:
                 assert filled < 5000
         except redis.exceptions.OutOfMemoryError:
             pass
-        with co.Coordinator(server.url, [cfg()], prefix=prefix, staleness=0) as coord:
+        with co.Coordinator(server.url, [cfg()], prefix=prefix, staleness=0, timeout=5.0) as coord:
             assert coord.call("p", lambda m: m.id) == "k1"
             snap = coord.pool("p").snapshot()
         assert snap.healed_at is not None and snap.active == "k1"

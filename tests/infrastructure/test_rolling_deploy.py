@@ -17,6 +17,8 @@ import redis
 import coordinator as co
 
 PER_CONFIG = 3
+#: Worker coordinators wait up to 5 s (timeout=5.0) for Redis: on a loaded machine a slower reply would be
+#: served by the stand-in, which is not what these tests are about.
 SECONDS = 2.0
 OLD = ["k0", "k1", "k2"]
 NEW = ["k1", "k2", "k3"]
@@ -36,7 +38,7 @@ def _worker(url: str, prefix: str, ids: list[str], revision: int, use_async: boo
 
     if use_async:
         async def run() -> None:
-            coord = co.AsyncCoordinator(url, [cfg(ids, revision)], prefix=prefix, staleness=0)
+            coord = co.AsyncCoordinator(url, [cfg(ids, revision)], prefix=prefix, staleness=0, timeout=5.0)
             barrier.wait(30)
             end = time.monotonic() + SECONDS
             while time.monotonic() < end:
@@ -48,7 +50,7 @@ def _worker(url: str, prefix: str, ids: list[str], revision: int, use_async: boo
 
         asyncio.run(run())
     else:
-        coord = co.Coordinator(url, [cfg(ids, revision)], prefix=prefix, staleness=0)
+        coord = co.Coordinator(url, [cfg(ids, revision)], prefix=prefix, staleness=0, timeout=5.0)
         barrier.wait(30)
         end = time.monotonic() + SECONDS
         while time.monotonic() < end:
@@ -87,7 +89,7 @@ def prefix() -> str:
 def test_two_configurations_racing_change_the_membership_once(redis_url: str, prefix: str, old_revision: int,
                                                               new_revision: int) -> None:
     # The pool as the old deploy left it.
-    with co.Coordinator(redis_url, [cfg(OLD, old_revision)], prefix=prefix, staleness=0) as old:
+    with co.Coordinator(redis_url, [cfg(OLD, old_revision)], prefix=prefix, staleness=0, timeout=5.0) as old:
         assert old.call("p", lambda m: m.id) == "k0"
     results = _race(redis_url, prefix, old_revision, new_revision)
     raw = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -110,9 +112,9 @@ def test_two_configurations_racing_change_the_membership_once(redis_url: str, pr
 
 
 def test_a_lower_revision_never_replaces_the_membership(redis_url: str, prefix: str) -> None:
-    with co.Coordinator(redis_url, [cfg(NEW, 2)], prefix=prefix, staleness=0) as new:
+    with co.Coordinator(redis_url, [cfg(NEW, 2)], prefix=prefix, staleness=0, timeout=5.0) as new:
         new.call("p", lambda m: m.id)
-        with co.Coordinator(redis_url, [cfg(OLD, 1)], prefix=prefix, staleness=0) as old:
+        with co.Coordinator(redis_url, [cfg(OLD, 1)], prefix=prefix, staleness=0, timeout=5.0) as old:
             pool = old.pool("p")
             assert {old.call("p", lambda m: m.id) for _ in range(20)} == {"k1"}, "the members both have"
             sel = pool.acquire()

@@ -104,7 +104,8 @@ def test_a_real_eviction_heals_from_the_fleets_memory_without_a_flap(prefix: str
     caplog.set_level(logging.INFO, logger="coordinator")
     with RedisServer("--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru") as server:
         raw = redis.Redis.from_url(server.url, decode_responses=True)
-        coord = co.Coordinator(server.url, [cfg()], prefix=prefix, staleness=0)
+        # timeout: no stand-in on a loaded machine
+        coord = co.Coordinator(server.url, [cfg()], prefix=prefix, staleness=0, timeout=5.0)
         warned = [r.getMessage() for r in caplog.records if "maxmemory-policy is allkeys-lru" in r.getMessage()]
         assert len(warned) == 1 and "noeviction" in warned[0]
         pool = coord.pool("p")
