@@ -20,8 +20,9 @@
 --   valid_until  ms until which this decision holds unless a write (and its change notice) intervenes:
 --                the worker may serve later acquires from it locally; 0 means ask again every time
 --   rotation     round_robin: the available members as "id:weight,id:weight"
---   dirty        members whose failure or ejection counts are not zero ("a,b"): their successes
---                must be reported; for the others a success changes nothing
+--   dirty        members whose ejection counts are not zero ("a,b"): their successes must be
+--                reported; for the others a success changes nothing (a failure count restarts with
+--                the next failure report, see report_failure.lua)
 --   states       (absent when empty) members not in their default state, each
 --                [id, cooling_until ms, cooling_kind, failures, ejections, parked_until ms (-1 until
 --                unparked, 0 not parked), park_reason]: the worker's fallback if Redis goes away
@@ -141,7 +142,7 @@ end
 local dirty, states = {}, {}
 for _, id in ipairs(nondefault_ids(S)) do
   local m = S.m[id]
-  if m.failures > 0 or m.ejections > 0 then dirty[#dirty + 1] = id end
+  if m.ejections > 0 then dirty[#dirty + 1] = id end
   if m.failures > 0 or m.ejections > 0 or m.cooling_until > S.now or m.parked_until ~= nil then
     local parked = m.parked_until or 0
     if parked == math.huge then parked = -1 end

@@ -10,7 +10,16 @@
 -- ARGV[15] escalation multiplier per consecutive ejection (e.g. 2)
 -- ARGV[16] consecutive failures before the member is cooled (1 = at once; transient uses more)
 -- ARGV[17] probe lease id the selection held, or ""
+-- ARGV[18] when the reporting worker last served on `member` since its own last failure report there,
+--          server ms (its estimate); "0" when it has not (absent from older workers: "0")
+-- ARGV[19] how long before the member's last counted failure such a success still restarts the
+--          count, ms (absent: 0)
 --
+-- Counting (docs/design.md, "Failure counts"): a transient failure below the threshold is counted
+-- with its server time (`<id>:failed_at`); it changes no decision, so it sends no notice and moves no
+-- version. The count restarts (this failure counts as the first) when the reporter served since its
+-- own last report no earlier than ARGV[19] ms before the last counted failure: the member served in
+-- between. A worker that saw no success since its last report, or whose success is older, adds one.
 -- Rules: a token of another epoch changes nothing. A member already cooling is never escalated
 -- again; only a provider hint that ends at least 1 s later extends it. A stale token never cools the member that is
 -- active now. Cooling the active member moves the pointer (or exhausts the pool): one event.
@@ -20,6 +29,8 @@
 --   cooled       true when this call started a cooldown of `member`
 --   until        member's cooling deadline after this call, ms (0 when not cooling)
 --   failures     consecutive failures counted for `member`
+--   counted      true when this call only counted the failure (below the threshold): no decision
+--                changed, the caller's local view stays right
 --   transitioned true when this call made a transition
 
 local S, err = load()
@@ -28,6 +39,7 @@ settle_pointer(S)
 local id, tok_epoch, tok_gen, kind = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
 local hint, base, min_ms, max_ms = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 local multiplier, threshold, lease = tonumber(ARGV[15]), tonumber(ARGV[16]), ARGV[17]
+local served, grace = tonumber(ARGV[18] or '0') or 0, tonumber(ARGV[19] or '0') or 0
 if not has_member(S, id) then return redis.error_reply('COORD_UNKNOWN_MEMBER ' .. id) end
 
 local m = S.m[id]
@@ -83,9 +95,12 @@ if is_active and tok_gen ~= S.generation then
   return finish()
 end
 
+if m.failures > 0 and served > 0 and served + grace > m.failed_at then m.failures = 0 end
 m.failures = m.failures + 1
 if m.failures < threshold then
   set_member(S, id, 'failures', m.failures)
+  set_member(S, id, 'failed_at', S.now)
+  out.counted = true
   return finish()
 end
 
@@ -97,6 +112,7 @@ m.cooling_kind = kind
 set_member(S, id, 'cooling_until', m.cooling_until)
 set_member(S, id, 'ejections', m.ejections)
 set_member(S, id, 'failures', 0)
+set_member(S, id, 'failed_at', 0)
 set_member(S, id, 'cooling_kind', kind)
 out.cooled = true
 

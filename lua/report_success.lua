@@ -7,7 +7,9 @@
 -- ARGV[10] probe lease id the selection held, or ""
 --
 -- Resets the member's consecutive failure and ejection counts (so its next cooldown starts from the
--- base again); writes nothing when there is nothing to reset. A success under the pool's half-open
+-- base again); writes nothing when there is nothing to reset. Workers send it when the ejection count
+-- is not zero or for a probe; a failure count alone restarts with the next failure report
+-- (docs/design.md, "Failure counts"), older workers send it for that too. A success under the pool's half-open
 -- probe lease moves the pointer back to that lower member: one `failback` event; under the recovery
 -- probe of an exhausted pool it ends the episode: one `recovered` event.
 -- Reply (JSON): common fields plus
@@ -26,6 +28,7 @@ if m.failures > 0 or m.ejections > 0 then
   m.failures, m.ejections = 0, 0
   set_member(S, id, 'failures', 0)
   set_member(S, id, 'ejections', 0)
+  set_member(S, id, 'failed_at', 0)
   out.reset = true
 end
 

@@ -80,6 +80,8 @@ class _Decision:
     expires_unheard: float
     #: Server time minus local monotonic time, seconds, as seen when the decision was fetched.
     clock_offset: float
+    #: Local monotonic seconds of the reply's ``valid_until``: the most any re-read can extend it to.
+    holds_until: float = float("inf")
     turn: Iterator[int] = field(default_factory=itertools.count)
 
 
@@ -100,6 +102,9 @@ class PoolView:
         self._offset: float | None = None
         self.hits = 0
         self.misses = 0
+        #: Per member: server seconds of this worker's last success there since its last failure
+        #: report there (docs/design.md, "Failure counts"); sent with the next failure report.
+        self._served: dict[str, float] = {}
 
     # -- learning --------------------------------------------------------------------------------
 
@@ -118,7 +123,7 @@ class PoolView:
         holds = (valid_until - server_now) / 1000.0
         self._decision = _Decision(epoch, decided.generation, version, decided.active, rotation, decided.dirty,
                                    now + min(SAFETY_STALENESS, holds), now + min(self.staleness, holds),
-                                   server_now / 1000.0 - now)
+                                   server_now / 1000.0 - now, now + holds)
 
     def observe(self, data: dict[str, Any]) -> None:
         """Any script reply: remember its version; drop a decision it shows to be outdated."""
@@ -140,6 +145,38 @@ class PoolView:
                                        frozenset(hint.dirty), now + SAFETY_STALENESS, now + self.staleness,
                                        self._offset)
 
+    def note_success(self, member_id: str, now: float) -> None:
+        """A request on ``member_id`` succeeded at local time ``now`` (reported or not)."""
+        if self._offset is not None:
+            self._served[member_id] = now + self._offset
+
+    def take_served(self, member_id: str) -> float:
+        """Server seconds of the last success on ``member_id`` since the last failure report there
+        (0.0 when none), for the failure report being sent now; the next one starts afresh."""
+        return self._served.pop(member_id, 0.0)
+
+    def confirm(self, epoch: str, version: int, now: float) -> bool:
+        """The safety re-read (``PoolState`` fields ``epoch``, ``version``): when they are still the
+        decision's, it holds another ``SAFETY_STALENESS`` seconds and True is returned; else it is
+        dropped (the next acquire asks Redis)."""
+        decision = self._decision
+        if decision is None:
+            return False
+        if epoch != decision.epoch or version != decision.version:
+            self.notice(epoch, version)
+            if self._decision is decision:
+                self._decision = None
+            return False
+        decision.expires = min(now + SAFETY_STALENESS, decision.holds_until)
+        return True
+
+    def due(self, now: float, within: float) -> bool:
+        """True when the decision is held while notices are heard but its safety bound ends within
+        ``within`` seconds (and its own ``valid_until`` later): a re-read can extend it."""
+        decision = self._decision
+        return (decision is not None and self.health.ok and decision.expires - within <= now
+                and now < decision.holds_until)
+
     def forget(self) -> None:
         """Drop the decision (e.g. after a failure report or a lost subscription)."""
         self._decision = None
@@ -151,7 +188,9 @@ class PoolView:
         if decision is None:
             return None
         if now >= (decision.expires if self.health.ok else decision.expires_unheard):
-            if self._decision is decision:  # not a newer one another thread just learned
+            # Lapsed by the safety bound alone: kept for the re-read (``due``, ``confirm``) to extend.
+            lapsed = self.health.ok and now < decision.holds_until
+            if self._decision is decision and not lapsed:  # not a newer one another thread just learned
                 self._decision = None
             return None
         return decision

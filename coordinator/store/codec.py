@@ -46,6 +46,9 @@ T = TypeVar("T")
 #: Event retention per pool (docs/design.md, "Events"): at most this many entries (approximately: Redis
 #: trims whole macro nodes) and none older than DEFAULT_STREAM_MAX_AGE seconds. An entry of a typical
 #: failover entry takes about 115 bytes of stream memory, so the count bounds a pool's stream near 120 KB.
+#: How long before a member's last counted failure a reporter's success still restarts the count
+#: (docs/design.md, "Failure counts"), seconds.
+FAILURE_RESET_GRACE = 10.0
 DEFAULT_STREAM_MAXLEN = 1_000
 DEFAULT_STREAM_MAX_AGE = 7 * 86400.0
 _STREAM_ID_RE = re.compile(r"^\d+(-\d+)?$")
@@ -267,13 +270,17 @@ class PoolCodec:
             repr(float(policy.multiplier)),
             str(threshold),
             selection.lease,
+            _ms(self.view.take_served(selection.member.id)),
+            _ms(FAILURE_RESET_GRACE),
         ]
         return Op("report_failure", self._keys, args, self._parse_failure)
 
     def _parse_failure(self, data: dict[str, Any]) -> FailureResult:
-        # The next acquire asks Redis: this failure may have moved the pointer.
+        # A failure that was only counted changed no decision (its reply shows the same version): the
+        # view stays. Anything else may have moved the pointer: the next acquire asks Redis.
         self.view.observe(data)
-        self.view.forget()
+        if not data.get("counted"):
+            self.view.forget()
         return FailureResult(
             **self._common(data),
             stale=bool(data.get("stale")),
@@ -286,11 +293,14 @@ class PoolCodec:
         """The result of a success that, as far as the view knows, would change nothing in Redis;
         None when it must be reported (``report_success()``)."""
         self._check_selection(selection)
-        quiet = self.view.quiet_success(selection, self.clock())
+        now = self.clock()
+        self.view.note_success(selection.member.id, now)
+        quiet = self.view.quiet_success(selection, now)
         return None if quiet is None else self._parse_success(quiet)
 
     def report_success(self, selection: Selection) -> Op[SuccessResult]:
         self._check_selection(selection)
+        self.view.note_success(selection.member.id, self.clock())
         args = [selection.member.id, selection.epoch, str(selection.generation), selection.lease]
         return Op("report_success", self._keys, args, self._parse_success)
 

@@ -60,8 +60,8 @@ end
 -- Whether this write can change any worker's decision (docs/design.md, "The local view"): the pointer,
 -- an exhausted episode, an event, a skip, a probe, a park, a cooldown that a rotation or a failback
 -- waits for, or the set of members whose successes must be reported. A write that only counts (a
--- second transient failure of a member already counted) or extends a sticky pool's cooldown of a
--- member that is not active sends no notice: listeners' decisions stay right.
+-- transient failure below the threshold) or extends a sticky pool's cooldown of a member that is not
+-- active sends no notice and moves no version: listeners' decisions stay right.
 local function decisive(S, dirty)
   if #S.events > 0 or S.created then return true end
   for _, f in ipairs({'active', 'exhausted', 'skip_until', 'probe', 'members', 'weights', 'strategy'}) do
@@ -116,8 +116,12 @@ local function commit(S)
   end
   local dirty = dirty_set(S)
   local notify = decisive(S, dirty)
-  S.version = S.version + 1
-  S.set.version = S.version
+  -- The version counts the writes that can change a decision: a write that only counts changes none,
+  -- so views and the safety re-read (docs/design.md, "The local view") keep trusting what they hold.
+  if notify then
+    S.version = S.version + 1
+    S.set.version = S.version
+  end
   S.set.generation = S.generation
   local hset = {}
   for f, v in pairs(S.set) do

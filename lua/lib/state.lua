@@ -94,10 +94,10 @@ local function split_csv(s)
 end
 
 local MEMBER_SUFFIXES = {':cooling_until', ':failures', ':ejections', ':parked_until', ':park_reason',
-                         ':cooling_kind'}
+                         ':cooling_kind', ':failed_at'}
 
 local function default_member()
-  return {cooling_until = 0, failures = 0, ejections = 0, park_reason = '', cooling_kind = ''}
+  return {cooling_until = 0, failures = 0, ejections = 0, park_reason = '', cooling_kind = '', failed_at = 0}
 end
 
 -- Reads member `id` from the field map `h` into S.m. A field that is not readable leaves the default in
@@ -124,6 +124,9 @@ local function read_member(S, h, id)
   end
   m.park_reason = h[id .. ':park_reason'] or ''
   m.cooling_kind = h[id .. ':cooling_kind'] or ''
+  -- When the last failure was counted (docs/design.md, "Failure counts"). Only ever restarts a count,
+  -- so a field that is not readable (or absent: a count of an older release) counts as 0.
+  m.failed_at = int_field(h, id .. ':failed_at', 0) or 0
   return problem
 end
 
@@ -314,12 +317,13 @@ end
 
 -- Loads and validates the pool. Returns S, or nil plus a reply to send back unchanged. `full` reads
 -- and validates every member whatever the stamp says (snapshot: an operator's view is the whole truth).
--- Members whose successes must be reported (non-zero failure or ejection counts), as a set.
+-- Members whose successes must be reported, as a set: those with an ejection count to decay
+-- (docs/design.md, "Failure counts"). A failure count needs no success report: the next failure
+-- report says whether its worker served since, and restarts the count.
 local function dirty_set(S)
   local out = {}
   for _, id in ipairs(nondefault_ids(S)) do
-    local m = S.m[id]
-    if m.failures > 0 or m.ejections > 0 then out[id] = true end
+    if S.m[id].ejections > 0 then out[id] = true end
   end
   return out
 end

@@ -43,6 +43,9 @@ class PoolModel:
     exhausted: bool = False
     generation: int = 1  # the `created` event
     events: list[str] = field(default_factory=lambda: ["created"])
+    #: Members this worker served on since its last failure report there (docs/design.md, "Failure
+    #: counts"): its next failure report there restarts the count.
+    served: set[str] = field(default_factory=set)
 
     def ready_at(self, member: str, now: int) -> float:
         m = self.members[member]
@@ -108,6 +111,8 @@ class PoolModel:
 
     def report_failure(self, member: str, token_gen: int, kind: str, hint_ms: int, now: int) -> bool:
         m = self.members[member]
+        served = member in self.served
+        self.served.discard(member)
         base = round(POLICY.base_for(kind) * 1000)
         lo, hi = round(POLICY.min * 1000), round(POLICY.max * 1000)
 
@@ -121,6 +126,8 @@ class PoolModel:
             return False
         if member == self.active and token_gen != self.generation:
             return False
+        if served:  # the member served in between: this failure is the first of a new run
+            m.failures = 0
         m.failures += 1
         threshold = POLICY.transient_threshold if kind == "transient" else 1
         if m.failures < threshold:
@@ -135,6 +142,11 @@ class PoolModel:
     def report_success(self, member: str) -> None:
         self.members[member].failures = 0
         self.members[member].ejections = 0
+        self.served.add(member)
+
+    def quiet_success(self, member: str) -> None:
+        """A success the worker saw and did not report (a view's quiet success)."""
+        self.served.add(member)
 
     def park(self, member: str, duration_ms: int | None, now: int) -> None:
         self.members[member].parked_until = math.inf if duration_ms is None else now + duration_ms
@@ -166,7 +178,8 @@ class PoolMachine(RuleBasedStateMachine):
     def start(self) -> co.Selection:
         cfg = co.PoolConfig(name="sm", members=[co.Member(id=i) for i in IDS], cooldown=POLICY)
         self.prefix = f"sm{uuid.uuid4().hex[:8]}"
-        self.coord = co.Coordinator(self.url, [cfg], prefix=self.prefix)
+        # No view: every success is reported, as the model says; quiet_success is the view's kind.
+        self.coord = co.Coordinator(self.url, [cfg], prefix=self.prefix, staleness=0)
         self.pool = self.coord.pool("sm")
         self.model = PoolModel()
         sel = self.pool.acquire()
@@ -211,6 +224,15 @@ class PoolMachine(RuleBasedStateMachine):
         self.pool.report_success(sel)
         self.model.report_success(sel.member.id)
 
+    @rule(sel=selections)
+    def quiet_success(self, sel: co.Selection | None) -> None:
+        if sel is None:
+            return
+        # Without a view (staleness 0) every success would be reported: this is the success a worker
+        # with a view keeps to itself, noted for its next failure report.
+        self.pool.quiet_success(sel)
+        self.model.quiet_success(sel.member.id)
+
     @rule(member=st.sampled_from(IDS), seconds=st.sampled_from([None, 0.03, 0.1]))
     def park(self, member: str, seconds: float | None) -> None:
         result = self.pool.park(member, seconds=seconds, reason="test")
@@ -242,6 +264,7 @@ class PoolMachine(RuleBasedStateMachine):
         for member, m in self.model.members.items():
             assert int(raw.get(f"{member}:cooling_until", 0)) == m.cooling_until, member
             assert int(raw.get(f"{member}:failures", 0)) == m.failures, member
+            assert (f"{member}:failed_at" in raw) == (m.failures > 0), member
             assert int(raw.get(f"{member}:ejections", 0)) == m.ejections, member
             parked = raw.get(f"{member}:parked_until")
             expected = None if m.parked_until is None else ("forever" if m.parked_until == math.inf else str(

@@ -53,6 +53,8 @@ class AsyncPool:
         pools to use meanwhile)."""
         self._enter()
         self._start_listener()
+        if self._codec.view.due(self._codec.clock(), 0.0):
+            await self._store.reread()
         local = self._codec.local_acquire()
         return local if local is not None else await self._run(self._codec.acquire(recovery_probe))
 
@@ -63,7 +65,9 @@ class AsyncPool:
 
     def quiet_success(self, selection: Selection) -> bool:
         """True when a success of ``selection`` changes nothing in Redis, as far as the view knows."""
-        return not self._codec.view.success_is_news(selection, self._codec.clock())
+        now = self._codec.clock()
+        self._codec.view.note_success(selection.member.id, now)
+        return not self._codec.view.success_is_news(selection, now)
 
     async def report_failure(self, selection: Selection, kind: str, retry_after: float | None = None) -> FailureResult:
         return await self._run(self._codec.report_failure(selection, kind, retry_after))

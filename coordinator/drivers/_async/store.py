@@ -27,6 +27,7 @@ import redis
 from coordinator.core.errors import CorruptStateError, StoreError, StoreMisconfiguredError, StoreUnavailableError
 from coordinator.drivers.io_async import Lock, fake_redis, to_thread
 from coordinator.rules.outage import DEFAULT_PROBE_INTERVAL, Breaker
+from coordinator.rules.view import SAFETY_STALENESS
 from coordinator.store.codec import Op, Permissions, PoolCodec, decode_check, risky_policy
 from coordinator.store.connect import plain_redis_at, redact
 from coordinator.store.redis_errors import Trouble, corruption, reraise, short_error, trouble
@@ -162,6 +163,33 @@ class AsyncStore:
         self._corrupt.add(codec.name)
         _log.error("coordinator: pool %r: its state in Redis is corrupt (%s) and could not be rebuilt (%s); "
                    "serving its calls from local state", codec.name, found, short_error(exc))
+
+    async def reread(self) -> None:
+        """The safety re-read (docs/design.md, "The local view"): for every pool whose view's safety
+        bound ends within half of it, one pipelined ``HMGET epoch version`` (one round trip for all of
+        them); a view whose fields did not move holds on, the others are dropped (their next acquire
+        asks Redis). While Redis cannot serve, nothing is read: the acquires take the usual path."""
+        due = [c for c in self.codecs.values() if c.view.due(c.clock(), SAFETY_STALENESS / 2)]
+        if not due or self.breaker.open:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for codec in due:
+                pipe.hmget(codec.keys.pool(codec.name), "epoch", "version")
+            replies = await pipe.execute()
+        except Exception:
+            for codec in due:
+                codec.view.forget()
+            return
+        for codec, (epoch, version) in zip(due, replies, strict=True):
+            if isinstance(epoch, bytes):
+                epoch = epoch.decode()
+            if isinstance(version, bytes):
+                version = version.decode()
+            if epoch and version and str(version).isdigit():
+                codec.view.confirm(str(epoch), int(version), codec.clock())
+            else:
+                codec.view.forget()
 
     async def _merge_back(self) -> None:
         """Merges what the stand-in learned into Redis (raising if Redis still cannot serve), then drops it."""

@@ -54,6 +54,8 @@ class Pool:
         pools to use meanwhile)."""
         self._enter()
         self._start_listener()
+        if self._codec.view.due(self._codec.clock(), 0.0):
+            self._store.reread()
         local = self._codec.local_acquire()
         return local if local is not None else self._run(self._codec.acquire(recovery_probe))
 
@@ -64,7 +66,9 @@ class Pool:
 
     def quiet_success(self, selection: Selection) -> bool:
         """True when a success of ``selection`` changes nothing in Redis, as far as the view knows."""
-        return not self._codec.view.success_is_news(selection, self._codec.clock())
+        now = self._codec.clock()
+        self._codec.view.note_success(selection.member.id, now)
+        return not self._codec.view.success_is_news(selection, now)
 
     def report_failure(self, selection: Selection, kind: str, retry_after: float | None = None) -> FailureResult:
         return self._run(self._codec.report_failure(selection, kind, retry_after))
