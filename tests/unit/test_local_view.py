@@ -201,3 +201,58 @@ def test_at_the_default_staleness_a_sticky_notice_is_taken_too() -> None:
     view.notice("e1", 8, SimpleNamespace(active="c", generation=5, dirty=()), now=100.2)
     sel = view.selection(100.3)
     assert sel is not None and sel.member.id == "c"
+
+
+# -- failure counts and the safety re-read (docs/design.md, "Failure counts", "The local view") ------
+
+
+def test_a_success_is_remembered_for_the_next_failure_report_only() -> None:
+    view = learned()
+    assert view.take_served("a") == 0.0
+    view.note_success("a", now=101.5)
+    assert view.take_served("a") == pytest.approx(SERVER_MS / 1000.0 + 1.5)
+    assert view.take_served("a") == 0.0, "the next report starts afresh"
+
+
+def test_a_success_before_any_reply_is_not_remembered() -> None:
+    view = PoolView("p", MEMBERS)
+    view.note_success("a", now=1.0)  # no server clock known yet: no estimate to send
+    assert view.take_served("a") == 0.0
+
+
+def healthy(view: PoolView) -> PoolView:
+    view.health.ok = True
+    return view
+
+
+def test_the_safety_bound_keeps_the_decision_for_the_re_read_to_extend() -> None:
+    from coordinator.rules.view import SAFETY_STALENESS
+
+    view = healthy(learned())
+    lapse = 100.0 + SAFETY_STALENESS
+    assert not view.due(lapse - SAFETY_STALENESS / 2 - 1, SAFETY_STALENESS / 2)
+    assert view.due(lapse - 1, SAFETY_STALENESS / 2)
+    assert view.selection(lapse) is None and view.due(lapse, 0.0), "lapsed, but kept for the re-read"
+    assert view.confirm("e1", 7, now=lapse)
+    assert view.selection(lapse + 1) is not None
+    assert view.selection(lapse + SAFETY_STALENESS) is None
+
+
+def test_a_re_read_that_shows_another_version_drops_the_decision() -> None:
+    from coordinator.rules.view import SAFETY_STALENESS
+
+    view = healthy(learned())
+    assert not view.confirm("e1", 8, now=100.0 + SAFETY_STALENESS)
+    assert view.selection(100.0 + SAFETY_STALENESS) is None and not view.due(100.0 + SAFETY_STALENESS, 0.0)
+    other = healthy(learned())
+    assert not other.confirm("e2", 7, now=101.0), "a new epoch"
+
+
+def test_a_re_read_never_extends_past_the_decisions_own_bound() -> None:
+    from coordinator.rules.view import SAFETY_STALENESS
+
+    view = healthy(learned(valid_until=SERVER_MS + (SAFETY_STALENESS + 10) * 1000))
+    lapse = 100.0 + SAFETY_STALENESS
+    assert view.confirm("e1", 7, now=lapse)
+    assert view.selection(lapse + 9) is not None
+    assert view.selection(lapse + 10) is None and not view.due(lapse + 10, 0.0)

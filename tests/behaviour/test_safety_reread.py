@@ -1,0 +1,67 @@
+"""The safety re-read (docs/design.md, "The local view"): a view whose safety bound lapsed is checked
+with one pipelined ``HMGET epoch version`` for all of a worker's pools, not an acquire script per pool;
+only a pool whose version moved is acquired again."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+import coordinator as co
+from coordinator.rules.view import SAFETY_STALENESS
+from tests.helpers import wait_for
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def stats(client: co.Coordinator) -> tuple[int, int]:
+    found = client.client.info("commandstats")
+    return (int(found.get("cmdstat_evalsha", {}).get("calls", 0)), int(found.get("cmdstat_hmget", {}).get("calls", 0)))
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url"))
+
+
+def test_lapsed_views_are_checked_in_one_round_trip_and_only_changed_pools_re_acquire(url: str) -> None:
+    prefix = f"sr{uuid.uuid4().hex[:8]}"
+    names = [f"p{i}" for i in range(6)]
+    coord = co.Coordinator(url, [co.PoolConfig(name=n, members=[co.Member(id="a"), co.Member(id="b")])
+                                 for n in names], prefix=prefix, legacy_notices=False)
+    clock = Clock()
+    for name in names:
+        coord._codec(name).clock = clock
+    pools = [coord.pool(n) for n in names]
+    for pool in pools:
+        pool.acquire()
+    wait_for(lambda: coord._codec("p0").view.health.ok, "the notice subscription is up")
+    for pool in pools:
+        pool.acquire()  # learned while notices are heard: held up to the safety bound
+    # A write no notice announced (by hand: what a lost notice looks like) to one pool.
+    coord.client.hincrby(co.KeySchema(prefix).pool("p3"), "version", 1)
+    before = stats(coord) if "cluster" not in url else None
+    clock.now += SAFETY_STALENESS
+    selections = [pool.acquire() for pool in pools]
+    assert [s.member.id for s in selections] == ["a"] * len(names)
+    views = [coord._codec(n).view for n in names]
+    if before is not None:
+        evalsha, hmget = stats(coord)
+        # (The scripts' own HMGETs count too: the one acquire below adds its own.)
+        assert hmget - before[1] >= len(names), "one HMGET per pool, pipelined"
+        assert evalsha - before[0] == 1, "only the pool whose version moved ran the acquire script"
+    assert all(v.hits > 0 for v in views)
+    clock.now += 1
+    before_hits = [v.hits for v in views]
+    for pool in pools:
+        pool.acquire()
+    assert [v.hits for v in views] == [h + 1 for h in before_hits], "every view holds again"
+    coord.client.delete(*[k for n in names for k in co.KeySchema(prefix).pool_keys(n)])
+    coord.close()
