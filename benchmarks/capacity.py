@@ -4,13 +4,18 @@
     python benchmarks/capacity.py --quick    # fewer calls
     python benchmarks/capacity.py --no-cluster
 
-The fleet model (docs/design.md, "The local view", "Change notices"): W workers, each using P pools
-and sending R requests per second, a fraction F of which fail; each pool is shared by S workers (its
-notice subscribers). A healthy worker sends Redis nothing for a request that succeeds on the view's
-decision. Per failure it sends a ``report_failure``, then (its view dropped) one cold ``acquire``, and
-the first success on the member afterwards a ``report_success`` that resets its count; the first
-failure and the reset each publish one notice, delivered to the pool's S subscribers. Besides, every
-worker re-reads each pool once per ``SAFETY_STALENESS`` (5 minutes).
+The fleet model (docs/design.md, "The local view", "Failure counts"): W workers, each using P pools
+and sending R requests per second, a fraction F of which fail (transient, none two in a row on one
+worker but with probability F); each pool is shared by S workers (its notice subscribers). A healthy
+worker sends Redis nothing for a request that succeeds on the view's decision. Per failure it sends
+one ``report_failure``, which only counts (the worker served there since its last report, so the count
+restarts): no notice, no version, its view stays, no acquire after it and no success report later.
+A failure cools the member only when the count reaches the threshold N (3): with the retry failing
+too, F^(N-1) of failures; each such cooldown is a failover (report_failure: event, notice to S
+workers, whose notices carry the new decision), the reporter's cold acquire, and later one
+``report_success`` that decays the ejection count (notice to S). Besides, every worker re-reads its
+pools once per ``SAFETY_STALENESS`` (5 minutes): one pipelined ``HMGET epoch version`` per pool in
+one round trip, and an acquire for each pool whose version moved meanwhile.
 
 Each cost is measured inside Redis (``INFO cpu`` of the server process before and after N calls of
 one kind, issued one per round trip like workers do), so the driver's own speed does not matter:
@@ -51,14 +56,21 @@ class Model:
     requests_per_second: float = 50.0
     failure_rate: float = 0.01
     workers_per_pool: int = 10
+    threshold: int = 3
 
     def rates(self, workers: int) -> dict[str, float]:
         failures = workers * self.requests_per_second * self.failure_rate
+        cooldowns = failures * self.failure_rate ** (self.threshold - 1)
+        pools_total = workers * self.pools_per_worker / self.workers_per_pool
+        # A pool whose version moved since the last re-read (two decisive writes per cooldown).
+        changed = min(1.0, 2 * cooldowns / pools_total * SAFETY_STALENESS) if pools_total else 0.0
+        rereads = workers / SAFETY_STALENESS
         return {
-            "report_failure": failures,
-            "acquire": failures + workers * self.pools_per_worker / SAFETY_STALENESS,
-            "report_success": failures,
-            "delivery": 2 * failures * self.workers_per_pool,
+            "report_failure": failures - cooldowns,
+            "cooldown": cooldowns,
+            "reread": rereads,
+            "acquire": rereads * self.pools_per_worker * changed,
+            "delivery": 2 * cooldowns * self.workers_per_pool,
         }
 
     def cpu(self, workers: int, costs: dict[str, float]) -> float:
@@ -84,8 +96,10 @@ def cpu_seconds(nodes: list[redis.Redis]) -> float:
     return total
 
 
-def pools(count: int) -> list[co.PoolConfig]:
-    policy = co.CooldownPolicy(transient_threshold=1000)  # counting failures never cools here
+def pools(count: int, fast_cooldowns: bool = False) -> list[co.PoolConfig]:
+    # The default threshold (3). fast_cooldowns: an auth failure cools for 1 ms, so the pointer comes
+    # round again and a cooldown can be measured over and over on the same pools.
+    policy = co.CooldownPolicy(auth=0.001, min=0.001) if fast_cooldowns else co.CooldownPolicy()
     return [co.PoolConfig(name=f"pool{i}", members=[co.Member(id=f"m{j}") for j in range(MEMBERS)],
                           cooldown=policy) for i in range(count)]
 
@@ -142,64 +156,89 @@ def delivery_cost(port: int, node: redis.Redis, subscribers: int, n: int) -> flo
     return max(0.0, with_subs - without) / subscribers
 
 
-def script_costs(url: str, nodes: list[redis.Redis], n: int, pool_count: int) -> dict[str, float]:
-    """Redis CPU seconds per call of each script kind the fleet model sends."""
+def script_costs(url: str, nodes: list[redis.Redis], n: int, pool_count: int,
+                 pools_per_worker: int) -> dict[str, float]:
+    """Redis CPU seconds per unit of each kind the fleet model sends."""
     configs = pools(pool_count)
     with co.Coordinator(url, configs, prefix=PREFIX, staleness=0, legacy_notices=False) as coord:
         handles = [coord.pool(cfg.name) for cfg in configs]
         selections = [pool.acquire() for pool in handles]  # creates and stamps every pool
-        for pool, sel in zip(handles, selections, strict=True):
-            pool.report_failure(sel, "transient")  # m0 counted once: later counts send no notice
+
+        def count_only(i: int) -> None:
+            # What a worker sends for a failure: it served there since its last report (noted locally,
+            # no round trip), so the count restarts; below the threshold, no notice, no version.
+            pool, sel = handles[i % pool_count], selections[i % pool_count]
+            pool.quiet_success(sel)
+            result = pool.report_failure(sel, "transient")
+            assert not result.cooled and result.failures == 1
+
         costs = {
             "acquire": measure(nodes, lambda i: handles[i % pool_count].acquire(), n),
-            "count_only": measure(
-                nodes, lambda i: handles[i % pool_count].report_failure(selections[i % pool_count], "transient"), n),
+            "report_failure": measure(nodes, count_only, n),
         }
-        # A reset (notice) and the next first failure (notice) alternate: each call writes and publishes.
-        def reset_then_fail(i: int) -> None:
-            pool, sel = handles[i % pool_count], selections[i % pool_count]
-            if (i // pool_count) % 2 == 0:
-                pool.report_success(sel)
-            else:
-                pool.report_failure(sel, "transient")
-        pair = measure(nodes, reset_then_fail, n - n % (2 * pool_count) or 2 * pool_count)
-        costs["report_success"] = pair
-        costs["report_failure"] = pair
+        keys = [co.KeySchema(PREFIX).pool(cfg.name) for cfg in configs]
+
+        def reread(i: int) -> None:
+            # One worker's safety re-read: an HMGET per pool it uses, pipelined in one round trip.
+            pipe = coord.client.pipeline(transaction=False)
+            for k in range(pools_per_worker):
+                pipe.hmget(keys[(i + k) % pool_count], "epoch", "version")
+            pipe.execute()
+
+        costs["reread"] = measure(nodes, reread, max(20, n // 20))
+    fast = pools(pool_count, fast_cooldowns=True)
+    with co.Coordinator(url, fast, prefix=PREFIX + "f", staleness=0, legacy_notices=False) as coord:
+        handles = [coord.pool(cfg.name) for cfg in fast]
+        for pool in handles:
+            pool.acquire()
+
+        def cooldown(i: int) -> None:
+            # A failure that reaches the threshold: the failover (event, notice), the reporter's cold
+            # acquire, and the success that later decays the cooled member's ejection count (notice).
+            pool = handles[i % pool_count]
+            sel = pool.acquire()
+            result = pool.report_failure(sel, "auth")
+            assert result.transitioned
+            pool.report_success(sel)
+
+        time.sleep(0.01)
+        costs["cooldown"] = measure(nodes, cooldown, max(50, n // 4))
     return costs
 
 
 def drive(url: str, nodes: list[redis.Redis], model: Model, costs: dict[str, float], seconds: float,
           pool_count: int) -> tuple[float, float, float]:
-    """Drives the model's mix (scripts only) as fast as one client goes for ``seconds``; returns the
-    script calls per second reached, the measured Redis CPU share and the one predicted from costs."""
+    """Drives the model's mix (count-only failure reports and re-reads, in the model's proportion) as
+    fast as one client goes for ``seconds``; returns the calls per second reached, the measured Redis
+    CPU share and the one predicted from the per-unit costs."""
     configs = pools(pool_count)
     weights = model.rates(1000)
-    total = weights["acquire"] + weights["report_failure"] + weights["report_success"]
-    plan = (["acquire"] * round(100 * weights["acquire"] / total) + ["report_failure"] * round(
-        100 * weights["report_failure"] / total) + ["report_success"] * round(100 * weights["report_success"] / total))
-    with co.Coordinator(url, configs, prefix=PREFIX, staleness=0, legacy_notices=False) as coord:
+    per_reread = max(1, round(weights["report_failure"] / weights["reread"]))
+    with co.Coordinator(url, configs, prefix=PREFIX + "d", staleness=0, legacy_notices=False) as coord:
         handles = [coord.pool(cfg.name) for cfg in configs]
         selections = [pool.acquire() for pool in handles]
-        calls = {"acquire": 0, "report_failure": 0, "report_success": 0}
+        keys = [co.KeySchema(PREFIX).pool(cfg.name) for cfg in configs]
+        calls = {"report_failure": 0, "reread": 0}
         before, started = cpu_seconds(nodes), time.perf_counter()
         i = 0
         while time.perf_counter() - started < seconds:
-            kind = plan[i % len(plan)]
             pool, sel = handles[i % pool_count], selections[i % pool_count]
-            if kind == "acquire":
-                pool.acquire()
-            elif kind == "report_failure":
-                pool.report_failure(sel, "transient")
-            else:
-                pool.report_success(sel)
-            calls[kind] += 1
+            pool.quiet_success(sel)
+            pool.report_failure(sel, "transient")
+            calls["report_failure"] += 1
+            if i % per_reread == 0:
+                pipe = coord.client.pipeline(transaction=False)
+                for k in range(model.pools_per_worker):
+                    pipe.hmget(keys[(i + k) % pool_count], "epoch", "version")
+                pipe.execute()
+                calls["reread"] += 1
             i += 1
             if i % 1000 == 0:
                 time.sleep(0.01)  # let the driver's own process breathe: Redis shares the two cores
         elapsed = time.perf_counter() - started
         used = (cpu_seconds(nodes) - before) / elapsed
     predicted = sum(calls[k] * costs[k] for k in calls) / elapsed
-    return i / elapsed, used, predicted
+    return sum(calls.values()) / elapsed, used, predicted
 
 
 @contextlib.contextmanager
@@ -222,13 +261,13 @@ def cluster() -> Iterator[tuple[str, list[RedisServer]]]:
 
 def run(quick: bool, with_cluster: bool, model: Model) -> list[str]:
     n = 600 if quick else 2000
-    pool_count = 50
+    pool_count = 100
     lines = [f"model: P={model.pools_per_worker} pools per worker, R={model.requests_per_second:g} requests/s per "
              f"worker, F={model.failure_rate:.0%} failures, S={model.workers_per_pool} workers per pool, "
              f"safety refresh every {SAFETY_STALENESS:g} s"]
     with RedisServer() as server:
         node = redis.Redis(port=server.port, decode_responses=True)
-        costs = script_costs(server.url, [node], n, pool_count)
+        costs = script_costs(server.url, [node], n, pool_count, model.pools_per_worker)
         costs["delivery"] = delivery_cost(server.port, node, 200, n)
         best = model.largest(costs)
         rate, used, predicted = drive(server.url, [node], model, costs, 3.0 if quick else 6.0, pool_count)
@@ -240,12 +279,12 @@ def run(quick: bool, with_cluster: bool, model: Model) -> list[str]:
                  f"{model.cpu(10_000, costs):.0%} of a core")
     for kind, r in model.rates(best).items():
         lines.append(f"  at W = {best:,}: {kind} {r:,.0f}/s = {r * costs[kind]:.1%} of a core")
-    lines.append(f"single, driven mix: {rate:,.0f} script calls/s from one client: Redis CPU {used:.1%} measured, "
+    lines.append(f"single, driven mix: {rate:,.0f} calls/s from one client: Redis CPU {used:.1%} measured, "
                  f"{predicted:.1%} predicted from the per-call costs")
     if with_cluster:
         with cluster() as (url, servers):
             nodes = [redis.Redis(port=s.port, decode_responses=True) for s in servers]
-            ccosts = script_costs(url, nodes, n, pool_count)
+            ccosts = script_costs(url, nodes, n, pool_count, model.pools_per_worker)
             ccosts["delivery"] = costs["delivery"]  # a sharded delivery costs its one shard the same
             # The pools spread over three masters: each master carries a third of the fleet's load.
             per_master = {k: v / 3 for k, v in ccosts.items()}
@@ -255,7 +294,8 @@ def run(quick: bool, with_cluster: bool, model: Model) -> list[str]:
         lines.append("3-master Cluster, Redis CPU per call (all masters): " + ", ".join(
             f"{k} {v * 1e6:.1f} µs" for k, v in ccosts.items() if k != "delivery"))
         lines.append(f"cluster: largest fleet with every master below 50% of one core: W = {cbest:,} workers "
-                     "(pools spread evenly over the slots; sharded notices stay on their shard)")
+                     "(pools spread evenly over the slots; sharded notices stay on their shard); at W = 10,000: "
+                     f"{model.cpu(10_000, per_master):.0%} of each master")
     return lines
 
 

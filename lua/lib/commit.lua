@@ -26,13 +26,18 @@ end
 -- Redis has no rollback: a command the caller's ACL refuses aborts a script after the writes before
 -- it (say, a state and its event written, the notice refused). So every write command is checked
 -- first. redis.acl_check_cmd exists since Redis 7.0; fakeredis (memory://) has neither it nor ACLs.
-local function check_acl(...)
+-- A write that appends no event and sends no notice (a failure that only counts, the common write)
+-- checks only the hash commands it runs (`quiet`).
+local function check_acl_for(quiet, ...)
   if not redis.acl_check_cmd then return nil end
-  local checks = {{'HSET', KEYS[1], 'f', 'v'}, {'HDEL', KEYS[1], 'f'}, {'XADD', KEYS[2], '*', 'f', 'v'},
-                  {'XTRIM', KEYS[2], 'MINID', '0'}, ...}
-  for command, channel in string.gmatch(ARGV[1], '(!?)(%S+)') do
-    checks[#checks + 1] = {command == '!' and 'SPUBLISH' or 'PUBLISH', channel, 'notice'}
+  local checks = {{'HSET', KEYS[1], 'f', 'v'}, {'HDEL', KEYS[1], 'f'}}
+  if not quiet then
+    checks[3], checks[4] = {'XADD', KEYS[2], '*', 'f', 'v'}, {'XTRIM', KEYS[2], 'MINID', '0'}
+    for command, channel in string.gmatch(ARGV[1], '(!?)(%S+)') do
+      checks[#checks + 1] = {command == '!' and 'SPUBLISH' or 'PUBLISH', channel, 'notice'}
+    end
   end
+  for _, c in ipairs({...}) do checks[#checks + 1] = c end
   for _, c in ipairs(checks) do
     if not redis.acl_check_cmd(unpack(c)) then
       return redis.error_reply('COORD_NOPERM the Redis user may not run ' .. c[1] .. ' on ' .. c[2] ..
@@ -40,6 +45,10 @@ local function check_acl(...)
     end
   end
   return nil
+end
+
+local function check_acl(...)
+  return check_acl_for(false, ...)
 end
 
 -- XADD * can fail on a stream whose last id is absurdly far ahead (the id space ends), and that
@@ -108,14 +117,14 @@ local function commit(S)
     end
     return
   end
-  S.failed = check_acl()
+  local dirty = dirty_set(S)
+  local notify = decisive(S, dirty)
+  S.failed = check_acl_for(#S.events == 0 and not notify)
   if S.failed then return end
   if #S.events > 0 then
     S.failed = check_stream()
     if S.failed then return end
   end
-  local dirty = dirty_set(S)
-  local notify = decisive(S, dirty)
   -- The version counts the writes that can change a decision: a write that only counts changes none,
   -- so views and the safety re-read (docs/design.md, "The local view") keep trusting what they hold.
   if notify then
