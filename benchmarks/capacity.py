@@ -3,6 +3,7 @@
     python benchmarks/capacity.py            # single server and a 3-master Cluster, about two minutes
     python benchmarks/capacity.py --quick    # fewer calls
     python benchmarks/capacity.py --no-cluster
+    python benchmarks/capacity.py --packaging  # also EVALSHA vs a Redis Function library, same calls
 
 The fleet model (docs/design.md, "The local view", "Failure counts"): W workers, each using P pools
 and sending R requests per second, a fraction F of which fail (transient, none two in a row on one
@@ -44,10 +45,14 @@ import redis
 
 import coordinator as co
 from coordinator.rules.view import SAFETY_STALENESS
+from coordinator.store.scripts import script_source
 from coordinator.testing import RedisServer
 
 PREFIX = "cap"
 MEMBERS = 5
+#: Every call measured must be Redis': a slow reply raises instead of being served by the local
+#: stand-in (which would hide its cost), and a loaded machine gets a long timeout.
+HONEST: dict[str, Any] = {"timeout": 5.0, "local_fallback": False}
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ def script_costs(url: str, nodes: list[redis.Redis], n: int, pool_count: int,
                  pools_per_worker: int) -> dict[str, float]:
     """Redis CPU seconds per unit of each kind the fleet model sends."""
     configs = pools(pool_count)
-    with co.Coordinator(url, configs, prefix=PREFIX, staleness=0, legacy_notices=False) as coord:
+    with co.Coordinator(url, configs, prefix=PREFIX, staleness=0, legacy_notices=False, **HONEST) as coord:
         handles = [coord.pool(cfg.name) for cfg in configs]
         selections = [pool.acquire() for pool in handles]  # creates and stamps every pool
 
@@ -187,7 +192,7 @@ def script_costs(url: str, nodes: list[redis.Redis], n: int, pool_count: int,
 
         costs["reread"] = measure(nodes, reread, max(20, n // 20))
     fast = pools(pool_count, fast_cooldowns=True)
-    with co.Coordinator(url, fast, prefix=PREFIX + "f", staleness=0, legacy_notices=False) as coord:
+    with co.Coordinator(url, fast, prefix=PREFIX + "f", staleness=0, legacy_notices=False, **HONEST) as coord:
         handles = [coord.pool(cfg.name) for cfg in fast]
         for pool in handles:
             pool.acquire()
@@ -214,7 +219,7 @@ def drive(url: str, nodes: list[redis.Redis], model: Model, costs: dict[str, flo
     configs = pools(pool_count)
     weights = model.rates(1000)
     per_reread = max(1, round(weights["report_failure"] / weights["reread"]))
-    with co.Coordinator(url, configs, prefix=PREFIX + "d", staleness=0, legacy_notices=False) as coord:
+    with co.Coordinator(url, configs, prefix=PREFIX + "d", staleness=0, legacy_notices=False, **HONEST) as coord:
         handles = [coord.pool(cfg.name) for cfg in configs]
         selections = [pool.acquire() for pool in handles]
         keys = [co.KeySchema(PREFIX).pool(cfg.name) for cfg in configs]
@@ -308,7 +313,7 @@ def growth(quick: bool, sizes: tuple[int, ...] = (3, 20, 200, 1000)) -> list[str
         node = redis.Redis(port=server.port, decode_responses=True)
         configs = [co.PoolConfig(name=f"g{n}", members=[co.Member(id=f"member-{j:04d}") for j in range(n)])
                    for n in sizes]
-        with co.Coordinator(server.url, configs, prefix="grow", staleness=0) as coord:
+        with co.Coordinator(server.url, configs, prefix="grow", staleness=0, **HONEST) as coord:
             handles = {n: coord.pool(f"g{n}") for n in sizes}
             selections = {}
             for n, pool in handles.items():
@@ -356,12 +361,76 @@ def growth(quick: bool, sizes: tuple[int, ...] = (3, 20, 200, 1000)) -> list[str
     return lines
 
 
+def function_library(tag: str) -> str:
+    """Every script of lua/ as one Redis Function library (an experiment, not what workers send): the
+    shared library once, each script's own file as a function whose KEYS and ARGV are upvalues."""
+    from coordinator.store.scripts import SCRIPT_NAMES, _parts
+
+    shared = "\n".join(text.rstrip("\n") for _, text in _parts("acquire")[:-1])
+    out = [f"#!lua name={tag}", "local KEYS, ARGV", shared]
+    for name in SCRIPT_NAMES:
+        out += [f"redis.register_function('{tag}_{name}', function(keys, args) KEYS, ARGV = keys, args",
+                _parts(name)[-1][1], "end)"]
+    return "\n".join(out)
+
+
+def packaging(model: Model, quick: bool) -> list[str]:
+    """The same calls (same KEYS and ARGV) as EVALSHA of the script text workers send and as FCALL of a
+    Function library, interleaved in rounds: Redis CPU per call (INFO cpu, so the Lua garbage the
+    library's definitions leave on every EVALSHA counts too) and the fleet each would carry."""
+    rounds, per_round = (5, 300) if quick else (9, 500)
+    with RedisServer() as server:
+        node = redis.Redis(port=server.port, decode_responses=True)
+        node.function_load(function_library("capx"), replace=True)
+        cfg = pools(1)[0]
+        with co.Coordinator(server.url, [cfg], prefix=PREFIX + "p", staleness=0, legacy_notices=False,
+                            **HONEST) as coord:
+            pool = coord.pool(cfg.name)
+            sel = pool.acquire()
+            codec = coord._codec(cfg.name)
+            acquire_op = codec.acquire()
+            keys = acquire_op.keys
+            scripts = {name: node.register_script(script_source(name)) for name in ("acquire", "report_failure")}
+
+            def args(name: str) -> list[str]:
+                if name == "acquire":
+                    return codec.argv(acquire_op, False)
+                pool.quiet_success(sel)  # served since its last report: the count restarts, as in the fleet
+                return codec.argv(codec.report_failure(sel, "transient", None), False)
+
+            calls: dict[str, Callable[[str, list[str]], Any]] = {
+                "EVALSHA": lambda name, a: scripts[name](keys=keys, args=a),
+                "FCALL": lambda name, a: node.fcall(f"capx_{name}", len(keys), *keys, *a),
+            }
+            samples: dict[tuple[str, str], list[float]] = {(v, n): [] for v in calls for n in scripts}
+            for r in range(rounds):
+                order = list(calls) if r % 2 == 0 else list(reversed(calls))
+                for variant in order:
+                    for name in scripts:
+                        before = cpu_seconds([node])
+                        for _ in range(per_round):
+                            calls[variant](name, args(name))
+                        samples[(variant, name)].append((cpu_seconds([node]) - before) / per_round)
+        node.close()
+    med = {k: sorted(v)[len(v) // 2] for k, v in samples.items()}
+    lines = []
+    for variant in calls:
+        costs = {"report_failure": med[(variant, "report_failure")], "acquire": med[(variant, "acquire")],
+                 "reread": 0.0, "cooldown": 0.0, "delivery": 0.0}
+        lines.append(f"packaging {variant}: Redis CPU per call: acquire {costs['acquire'] * 1e6:.1f} µs, counting "
+                     f"report_failure {costs['report_failure'] * 1e6:.1f} µs; failures alone would allow "
+                     f"W = {model.largest(costs):,}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-cluster", action="store_true")
     parser.add_argument("--workers-per-pool", type=int, default=10)
     parser.add_argument("--growth-only", action="store_true", help="only the script time by pool size")
+    parser.add_argument("--packaging", action="store_true",
+                        help="also compare EVALSHA with a Redis Function library (an experiment)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     load = os.getloadavg()[0]
@@ -369,8 +438,12 @@ def main(argv: list[str] | None = None) -> int:
         print(line, flush=True)
     if args.growth_only:
         return 0
-    for line in run(args.quick, not args.no_cluster, Model(workers_per_pool=args.workers_per_pool)):
+    model = Model(workers_per_pool=args.workers_per_pool)
+    for line in run(args.quick, not args.no_cluster, model):
         print(line, flush=True)
+    if args.packaging:
+        for line in packaging(model, args.quick):
+            print(line, flush=True)
     print(f"load {load:.2f} before, {os.getloadavg()[0]:.2f} after; {time.perf_counter() - started:.0f} s",
           file=sys.stderr)
     return 0
