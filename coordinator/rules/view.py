@@ -156,7 +156,7 @@ class PoolView:
         return self._served.pop(member_id, 0.0)
 
     def confirm(self, epoch: str, version: int, now: float) -> bool:
-        """The safety re-read (``PoolState`` fields ``epoch``, ``version``): when they are still the
+        """The safety re-read (the pool hash's ``epoch`` and ``version``): when they are still the
         decision's, it holds another ``SAFETY_STALENESS`` seconds and True is returned; else it is
         dropped (the next acquire asks Redis)."""
         decision = self._decision

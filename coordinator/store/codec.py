@@ -46,11 +46,11 @@ T = TypeVar("T")
 #: Event retention per pool (docs/design.md, "Events"): at most this many entries (approximately: Redis
 #: trims whole macro nodes) and none older than DEFAULT_STREAM_MAX_AGE seconds. An entry of a typical
 #: failover entry takes about 115 bytes of stream memory, so the count bounds a pool's stream near 120 KB.
+DEFAULT_STREAM_MAXLEN = 1_000
+DEFAULT_STREAM_MAX_AGE = 7 * 86400.0
 #: How long before a member's last counted failure a reporter's success still restarts the count
 #: (docs/design.md, "Failure counts"), seconds.
 FAILURE_RESET_GRACE = 10.0
-DEFAULT_STREAM_MAXLEN = 1_000
-DEFAULT_STREAM_MAX_AGE = 7 * 86400.0
 _STREAM_ID_RE = re.compile(r"^\d+(-\d+)?$")
 _DIGITS_RE = re.compile(r"[0-9]{1,19}")
 
