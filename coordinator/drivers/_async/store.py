@@ -28,12 +28,13 @@ from coordinator.core.errors import CorruptStateError, StoreError, StoreMisconfi
 from coordinator.drivers.io_async import Lock, fake_redis, to_thread
 from coordinator.rules.outage import DEFAULT_PROBE_INTERVAL, Breaker
 from coordinator.rules.view import SAFETY_STALENESS
-from coordinator.store.codec import Op, Permissions, PoolCodec, decode_check, risky_policy
+from coordinator.store.codec import Op, PoolCodec
 from coordinator.store.connect import plain_redis_at, redact
 from coordinator.store.redis_errors import Trouble, corruption, reraise, short_error, trouble
 from coordinator.store.schema import KeySchema
 from coordinator.store.scripts import SCRIPT_NAMES, script_source
 from coordinator.store.standin import LastKnownState
+from coordinator.store.startup import Permissions, decode_check, risky_policy
 
 T = TypeVar("T")
 _log = logging.getLogger("coordinator")
