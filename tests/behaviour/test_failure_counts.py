@@ -98,7 +98,9 @@ REQUESTS = 1500
 
 
 def _healthy_worker(url: str, prefix: str, index: int, barrier: Any, out: Any) -> None:
-    coord = co.Coordinator(url, [_config(3)], prefix=prefix)
+    # A view that holds for a minute even before the notice subscription is confirmed: the cold
+    # acquires then do not depend on how fast a loaded machine confirms it.
+    coord = co.Coordinator(url, [_config(3)], prefix=prefix, staleness=60)
     pool = coord.pool("p")
     barrier.wait()
     failures = 0
@@ -129,10 +131,12 @@ def test_a_99_percent_healthy_member_under_fleet_traffic_is_never_cooled(redis_u
     failures = sum(results)
     assert failures == PROCESSES * REQUESTS // 100
     # One script call per failure: no success report, no acquire after a failure, no reset
-    # (docs/design.md, "Failure counts"). Besides, each process's cold acquires: its first, and one per
-    # staleness second until its notice subscription is confirmed.
+    # (docs/design.md, "Failure counts"). Besides, each process's start: the permission check, its
+    # first acquire, one after its notice subscription is confirmed (which drops the views), and the
+    # first call of a script Redis does not hold yet (NOSCRIPT, then loaded and called again).
+    # Far below the 1,440 successes, none of which may cost a call.
     calls = int(raw.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)) - calls_before
-    assert calls <= failures + 4 * PROCESSES, calls
+    assert calls <= failures + 5 * PROCESSES, calls
     coord = co.Coordinator(redis_url, [_config(3)], prefix=prefix)
     snap = coord.pool("p").snapshot()
     assert snap.active == "k0" and snap.member("k0").cooling_until is None
