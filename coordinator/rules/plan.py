@@ -359,7 +359,7 @@ class CallPlan:
                 next_step = "next_member"
             yield Notify(self._attempt_event(pool, sel, attempt, failure, out, next_step=next_step, backoff=backoff))
             if report is not None and report.transitioned:
-                yield Notify(_report_transition(pool, sel, "failure", failure.kind, report))
+                yield Notify(report_transition(pool, sel, "failure", failure.kind, report))
             if out.value is not None and out.error is None:
                 yield Discard(out.value)
             if backoff is None:
@@ -383,7 +383,7 @@ class CallPlan:
             # The request itself succeeded; losing its bookkeeping must not lose its result.
             _log.warning("pool %r: report_success for %r failed: %s", pool.name, sel.member.id, got.error)
         elif isinstance(got.value, SuccessResult) and got.value.transitioned:
-            yield Notify(_report_transition(pool, sel, "success", None, got.value))
+            yield Notify(report_transition(pool, sel, "success", None, got.value))
         rest = preemptive_cooldown(_headers_of(out.value))
         if rest is not None:
             # The window is spent: cool the member now rather than let the next request meet the 429.
@@ -391,7 +391,7 @@ class CallPlan:
             if got.error is not None:
                 _log.warning("pool %r: pre-emptive cooldown of %r failed: %s", pool.name, sel.member.id, got.error)
             elif isinstance(got.value, FailureResult) and got.value.transitioned:
-                yield Notify(_report_transition(pool, sel, "preemptive", "rate_limited", got.value))
+                yield Notify(report_transition(pool, sel, "preemptive", "rate_limited", got.value))
         yield Return(out.result)
 
     def _report(
@@ -531,13 +531,14 @@ def _acquire_transition(pool: PoolConfig, sel: Selection) -> TransitionEvent:
     )
 
 
-def _report_transition(
+def report_transition(
     pool: PoolConfig,
     sel: Selection,
     source: TransitionSource,
     kind: Any,
     result: FailureResult | SuccessResult,
 ) -> TransitionEvent:
+    """The hook record of a report that made a transition (also the continuation's report)."""
     return TransitionEvent(
         pool=pool.name,
         source=source,

@@ -33,7 +33,7 @@ from coordinator.core.types import Selection
 from coordinator.rules.classify import classify_with
 from coordinator.rules.continuation import Prefill, Splice, Transcript, continues, prefill_body, refuses_prefill
 from coordinator.rules.hooks import dispatch
-from coordinator.rules.plan import _report_transition as report_transition
+from coordinator.rules.plan import report_transition
 from coordinator.rules.sse import SseFormat
 
 if TYPE_CHECKING:
