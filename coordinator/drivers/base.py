@@ -4,12 +4,14 @@ planning, and the mapping of a plan's store actions to pool methods."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import math
 import os
 import time
+import types
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 from coordinator.core.config import Config, PoolConfig, RedisConfig, load_config
@@ -190,6 +192,19 @@ def raise_action(action: Raise) -> None:
 
 def is_stream(value: object) -> bool:
     return isinstance(value, Iterator) and not isinstance(value, io.IOBase)
+
+
+#: Types whose values ``attempt`` hands back as they are: not awaitable, not an (async) iterator. These
+#: are properties of the class (generators, whose awaitability is their code's, are never listed), so
+#: a value of a type seen before skips the checks.
+plain_types: set[type] = {type(None)}
+
+
+def note_plain_type(value: object) -> None:
+    kind = type(value)
+    if len(plain_types) < 256 and not isinstance(value, types.GeneratorType | types.CoroutineType) and \
+            not inspect.isawaitable(value) and not isinstance(value, AsyncIterator) and not is_stream(value):
+        plain_types.add(kind)
 
 
 def resume(first: Any, rest: Iterator[Any]) -> Iterator[Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,7 +18,7 @@ import redis.asyncio
 
 from coordinator.core.config import Member
 from coordinator.core.errors import CoordinatorError
-from coordinator.drivers.base import is_stream, resume
+from coordinator.drivers.base import is_stream, note_plain_type, plain_types, resume
 from coordinator.rules.classify import is_error_response
 from coordinator.rules.plan import Outcome
 from coordinator.store.connect import connect_async as connect
@@ -47,6 +48,8 @@ def fake_redis() -> Any:
 
 
 async def maybe_await(value: Any) -> Any:
+    if type(value) is types.CoroutineType:  # what an async function returns: no need to ask inspect
+        return await value
     return await value if inspect.isawaitable(value) else value
 
 
@@ -87,6 +90,11 @@ async def attempt(fn: Callable[[Member], Any], member: Member, clock: Callable[[
         value = await maybe_await(fn(member))
     except Exception as exc:
         return Outcome(error=exc, elapsed=clock() - started)
+    if type(value) in plain_types:  # most values: a response or a result, of a type seen before
+        if is_error_response(value):
+            await _call_first(value, ("aread", "read"))
+        return Outcome(value=value, result=value, elapsed=clock() - started)
+    note_plain_type(value)
     if is_error_response(value):
         # An unread streamed error response hides its body, and with it codes like insufficient_quota.
         await _call_first(value, ("aread", "read"))

@@ -14,7 +14,7 @@ import redis
 
 from coordinator.core.config import Member
 from coordinator.core.errors import StoreUnavailableError
-from coordinator.drivers.base import is_stream, resume
+from coordinator.drivers.base import is_stream, note_plain_type, plain_types, resume
 from coordinator.rules.classify import is_error_response
 from coordinator.rules.plan import Outcome
 from coordinator.store.connect import connect
@@ -62,6 +62,13 @@ def _not_awaited(value: Any) -> TypeError:
     return TypeError(f"fn returned {type(value).__name__}; use AsyncCoordinator.call for async functions")
 
 
+def _read_error(value: Any) -> None:
+    read = getattr(value, "read", None)
+    if read is not None:
+        with contextlib.suppress(Exception):
+            read()
+
+
 def attempt(fn: Callable[[Member], Any], member: Member, clock: Callable[[], float]) -> Outcome:
     """Runs ``fn(member)``; for a stream, waits for its first item, so a stream that fails before it
     delivered anything is failed over like any other error."""
@@ -70,14 +77,16 @@ def attempt(fn: Callable[[Member], Any], member: Member, clock: Callable[[], flo
         value = fn(member)
     except Exception as exc:
         return Outcome(error=exc, elapsed=clock() - started)
+    if type(value) in plain_types:  # most values: a response or a result, of a type seen before
+        if is_error_response(value):
+            _read_error(value)
+        return Outcome(value=value, result=value, elapsed=clock() - started)
     if inspect.isawaitable(value) or isinstance(value, AsyncIterator):
         raise _not_awaited(value)
+    note_plain_type(value)
     if is_error_response(value):
         # An unread streamed error response hides its body, and with it codes like insufficient_quota.
-        read = getattr(value, "read", None)
-        if read is not None:
-            with contextlib.suppress(Exception):
-                read()
+        _read_error(value)
     if is_stream(value):
         try:
             first = next(value)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from coordinator.rules.classify import is_error_response
+from coordinator.rules.classify import is_response
 from coordinator.rules.hints import preemptive_cooldown
 from coordinator.rules.plan import Outcome
 from coordinator.rules.plan import _headers_of as headers_of  # one definition of "the headers"
@@ -22,7 +22,10 @@ def first_pool(pools: str | Sequence[str]) -> str | None:
     repeating chain: its error comes from the plan, before any attempt)."""
     if isinstance(pools, str):
         return pools
-    names = list(pools)
+    if isinstance(pools, list | tuple) and len(pools) == 1:  # the common chain of one (the transport's)
+        name: object = pools[0]
+        return name if isinstance(name, str) else None
+    names: list[str] = list(pools)
     if not names or len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
         return None
     return names[0]
@@ -31,9 +34,15 @@ def first_pool(pools: str | Sequence[str]) -> str | None:
 def plain_success(out: Outcome) -> bool:
     """An attempt that served and asks for nothing more: no error, no error response, and no
     rate-limit header saying the member's window is spent (which the plan turns into a cooldown)."""
-    if out.error is not None or is_error_response(out.value):
+    if out.error is not None:
         return False
     value = out.value
     if value is None:
         return True
-    return preemptive_cooldown(headers_of(value)) is None
+    if is_response(value):  # is_error_response and headers_of in one look
+        if value.status_code >= 400:
+            return False
+        headers = value.headers
+    else:
+        headers = headers_of(value)
+    return preemptive_cooldown(headers) is None

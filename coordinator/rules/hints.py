@@ -230,13 +230,19 @@ def rate_limit_hint(headers: Any, now: float | None = None) -> float | None:
 def _says_spent(headers: Any) -> bool:
     """Cheap pre-check on every success: does any "...remaining..." header hold zero?"""
     try:
-        items = headers.items() if hasattr(headers, "items") else headers
+        # httpx's raw pairs are bytes as received: no decoding of the headers that do not matter.
+        raw = getattr(headers, "raw", None)
+        items = raw if isinstance(raw, list) else headers.items() if hasattr(headers, "items") else headers
         for key, value in items:
-            name = key.decode("latin-1") if isinstance(key, bytes) else str(key)
-            if "remaining" in name.lower():
-                text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
-                if parse_seconds(text) == 0:
-                    return True
+            if isinstance(key, bytes):
+                if b"remaining" not in key.lower():
+                    continue
+            elif "remaining" not in str(key).lower():
+                continue
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            # Only signs, zeros and dots can read as 0: anything else is not worth parsing.
+            if not text.strip().strip("+0.") and parse_seconds(text) == 0:
+                return True
     except Exception:
         return True  # odd shapes get the full reading, which is careful about them
     return False

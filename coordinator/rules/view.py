@@ -209,15 +209,23 @@ class PoolView:
 
     def success_is_news(self, selection: Selection, now: float) -> bool:
         """False when reporting this success would change nothing in Redis, as far as we know."""
-        return self.quiet_success(selection, now) is None
+        return self.quiet_decision(selection, now) is None
 
-    def quiet_success(self, selection: Selection, now: float) -> dict[str, Any] | None:
-        """The reply report_success would have given for a success that changes nothing, or None when
-        it must be reported. One read of the decision: another thread may drop it at any moment."""
+    def quiet_decision(self, selection: Selection, now: float) -> _Decision | None:
+        """The decision under which a success of ``selection`` changes nothing, or None: report it.
+        One read of the decision: another thread may drop it at any moment."""
         if selection.lease:
             return None
         decision = self._current(now)
         if decision is None or selection.epoch != decision.epoch or selection.member.id in decision.dirty:
+            return None
+        return decision
+
+    def quiet_success(self, selection: Selection, now: float) -> dict[str, Any] | None:
+        """The reply report_success would have given for a success that changes nothing, or None when
+        it must be reported."""
+        decision = self.quiet_decision(selection, now)
+        if decision is None:
             return None
         return {"epoch": decision.epoch, "generation": decision.generation, "active": decision.active,
                 "exhausted": False, "now": (now + decision.clock_offset) * 1000.0, "reset": False,

@@ -13,6 +13,7 @@ on): requests, headers and responses are made by the library the caller's reques
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -51,7 +52,8 @@ POOLS_HEADER = "x-coordinator-pools"
 _SHORTEST_ATTEMPT = 0.01
 #: Headers that carry the caller's placeholder credential; replaced by the member's own.
 _CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
-_DROPPED_RAW = frozenset(name.encode("latin-1") for name in (*_CREDENTIAL_HEADERS, POOLS_HEADER))
+#: The headers a member replaces, each as a line of the caller's header names (lower case) would hold it.
+_DROPPED_RAW = tuple((f"\n{name}\n".encode("latin-1"), name) for name in (*_CREDENTIAL_HEADERS, POOLS_HEADER))
 
 
 class NotReplayableError(Exception):
@@ -65,6 +67,29 @@ class DeadlineReachedError(Exception):
 def http_library(request: Any) -> ModuleType:
     """``httpx`` or ``httpx2``: whichever library made this request."""
     return sys.modules[type(request).__module__.partition(".")[0]]
+
+
+@dataclass(frozen=True)
+class _Route:
+    """What a member adds to every request it sends that does not change between requests: made once
+    per member by the transport (configs are frozen), so ``prepare`` only reads the secret."""
+
+    member: Member
+    pool: PoolConfig
+    #: The header that carries the secret (lower case), and whether its value is ``Bearer <secret>``.
+    auth: str
+    bearer: bool
+    #: The member's own headers, names in lower case.
+    headers: tuple[tuple[str, str], ...]
+    #: Nothing but the credential to set: no headers, base URL or model of its own.
+    plain: bool
+
+
+def _route(member: Member, pool: PoolConfig) -> _Route:
+    auth = pool.auth_header.lower()
+    headers = tuple((name.lower(), value) for name, value in member.headers.items())
+    return _Route(member, pool, auth, auth == "authorization", headers,
+                  not headers and not member.base_url and not member.model)
 
 
 @dataclass
@@ -85,45 +110,73 @@ class _Call:
     #: The coordinator and the inner transport, for a continuation of a stream that broke later.
     coordinator: Any = None
     inner: Any = None
+    #: Which of the headers a member replaces (credentials, the pools header) the caller sent, lower case.
+    present: Sequence[str] = ()
+    #: Each member's ``_Route``, by ``id(member)`` (the transport's, shared by its calls).
+    routes: dict[int, _Route] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.url = self.request.url
-        self.stream = self.request.stream
+        request = self.request
+        self.url = request.url
+        self.stream = request.stream
         self.started = time.monotonic()
         #: The SDK's own per-request timeouts; the pool's limits only ever shorten them.
-        self.sdk_timeouts = self.request.extensions.get("timeout")
-        self.streaming = _asks_for_stream(self.body)
-        self.format: SseFormat | None = detect_format(self.url.path)
-        self.headers = self.request.headers
-        # The caller's headers without the ones a member replaces, in one pass for all attempts.
-        self.base = [(key, value) for key, value in self.headers.raw if key.lower() not in _DROPPED_RAW]
+        self.sdk_timeouts = request.extensions.get("timeout")
+        self.streaming = self.body is not None and b'"stream"' in self.body and _asks_for_stream(self.body)
+        self.headers = request.headers
+        self._format: SseFormat | bool | None = False
+
+    @property
+    def format(self) -> SseFormat | None:
+        """The API the request path belongs to (read only for an event stream)."""
+        if self._format is False:
+            self._format = detect_format(self.url.path)
+        return self._format  # type: ignore[return-value]
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - (time.monotonic() - self.started)
 
     def prepare(self, member: Member, body: bytes | None = None) -> httpx.Request:
         """The caller's request as ``member`` sends it (with ``body`` instead of the caller's: a
-        continuation). The request gets a headers object of its own, built in one pass over the
-        caller's (cheaper than editing them field by field), and ``restore`` puts the caller's back, so
-        the caller never sees a member's secret in it."""
+        continuation). The request gets a headers object of its own (a copy of the caller's, without
+        their credential and pools headers, with the member's), and ``restore`` puts the caller's back,
+        so the caller never sees a member's secret in it."""
         if self.body is None and self.attempts > 0:
             raise NotReplayableError("the request body is a stream that was already sent once")
-        remaining = self.remaining()
+        remaining = None if self.deadline is None else self.remaining()
         if remaining is not None and remaining < _SHORTEST_ATTEMPT:
             raise DeadlineReachedError(f"the call's deadline ({self.deadline:g}s) has passed")
         if self.attempts:
             self.restore()
         pool = self.owners[id(member)]
+        route = self.routes.get(id(member))
+        if route is None or route.member is not member or route.pool is not pool:
+            route = self.routes[id(member)] = _route(member, pool)
         self.attempts += 1
         self.tried.append({"pool": pool.name, "member": member.id})
         request = self.request
-        extra: dict[str, str] = {}
         secret = member.secret()
-        if secret:
-            header = pool.auth_header.lower()
-            extra[header] = f"Bearer {secret}" if header == "authorization" else secret
-        for name, value in member.headers.items():
-            extra[name.lower()] = value
+        extra: dict[str, str] = {route.auth: f"Bearer {secret}" if route.bearer else secret} if secret else {}
+        if not route.plain or body is not None:
+            self._member_changes(member, route, extra, body)
+        headers = self.lib.Headers(self.headers)  # a copy of the caller's list, not a new parse
+        for name in self.present:
+            if name not in extra:
+                with contextlib.suppress(KeyError):  # a name that only seemed to be there
+                    del headers[name]
+        for name, value in extra.items():
+            headers[name] = value
+        request.headers = headers
+        request.extensions["timeout"] = limits.header_phase(self.sdk_timeouts, pool.timeouts, self.streaming,
+                                                            remaining)
+        return request
+
+    def _member_changes(self, member: Member, route: _Route, extra: dict[str, str], body: bytes | None) -> None:
+        """A member's own headers, base URL and model, and a continuation's ``body``: into ``extra``
+        (headers to set) and the request."""
+        request = self.request
+        for name, value in route.headers:
+            extra[name] = value
         if member.base_url:
             base = self.lib.URL(member.base_url)
             url = self.url.copy_with(scheme=base.scheme, host=base.host, port=base.port,
@@ -136,28 +189,21 @@ class _Call:
             if content is not self.body:
                 request.stream = self.lib.ByteStream(content)
                 extra["content-length"] = str(len(content))
-        replaced = {name.encode("latin-1") for name in extra}
-        raw = [(key, value) for key, value in self.base if key.lower() not in replaced]
-        raw.extend((name.encode("latin-1"), value.encode("utf-8")) for name, value in extra.items())
-        request.headers = self.lib.Headers(raw)
-        request.extensions["timeout"] = limits.header_phase(self.sdk_timeouts, pool.timeouts, self.streaming,
-                                                            self.remaining())
-        return request
 
     def _guard_for(self, response: httpx.Response, member: Member, *, timers: bool,
                    after: continuation.Resuming | None = None) -> GuardState | None:
         """Sets the body-phase timeouts; for a successful event stream of a known API, its guard (for a
         continuation: one that goes on from ``after``, the guard of the stream that broke)."""
         pool = self.owners[id(member)]
-        content_type = response.headers.get("content-type", "") if response.status_code < 400 else ""
-        event_stream = content_type.startswith("text/event-stream")
+        content_type = _content_type(response) if response.status_code < 400 else b""
+        event_stream = content_type.startswith(b"text/event-stream")
         # AWS Bedrock's binary event stream is not read by the guard, but its reads get ``idle`` too.
-        timed = event_stream or content_type.startswith("application/vnd.amazon.eventstream")
+        timed = event_stream or content_type.startswith(b"application/vnd.amazon.eventstream")
+        remaining = None if self.deadline is None else self.remaining()
         self.request.extensions["timeout"] = limits.body_phase(self.sdk_timeouts, pool.timeouts, timed,
-                                                               self.remaining(), timers=timers or not event_stream)
+                                                               remaining, timers=timers or not event_stream)
         if not event_stream or self.format is None:
             return None
-        remaining = self.remaining()
         return GuardState(self.format, first_token=pool.timeouts.first_token, idle=pool.timeouts.idle,
                           deadline_at=None if remaining is None else time.monotonic() + remaining,
                           pool=pool.name, member=member.id, **continuation.guard_options(self, after))
@@ -266,6 +312,14 @@ def join_paths(base: str, path: str) -> str:
     return joined + "/" if path.endswith("/") and not joined.endswith("/") else joined
 
 
+def _content_type(response: httpx.Response) -> bytes:
+    """The (first) content-type header as sent, read from the raw pairs: no decoding of the others."""
+    for key, value in response.headers.raw:
+        if key.lower() == b"content-type":
+            return value
+    return b""
+
+
 def _asks_for_stream(body: bytes | None) -> bool:
     """The JSON body says ``"stream": true`` (OpenAI and Anthropic alike)."""
     if not body or b'"stream"' not in body:
@@ -312,8 +366,12 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         self._inner = inner
         # Default inner transports, one per HTTP library (httpx, httpx2), made on first use.
         self._defaults: dict[str, Any] = {}
-        self._options = call_options
-        self._owner_cache: dict[tuple[str, ...], dict[int, PoolConfig]] = {}
+        #: What goes to every ``call`` besides the deadline (the call's own, see ``_start``).
+        self._options = {key: value for key, value in call_options.items() if key != "deadline"}
+        self._deadline = call_options.get("deadline")
+        self._chain_cache: dict[tuple[str, ...], tuple[dict[int, PoolConfig], float | None]] = {}
+        #: Each member's ``_Route`` by ``id(member)``; the member objects live as long as the coordinator's configs.
+        self._routes: dict[int, _Route] = {}
 
     def _inner_for(self, lib: ModuleType) -> Any:
         if self._inner is not None:
@@ -322,45 +380,45 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
             self._defaults[lib.__name__] = lib.AsyncHTTPTransport() if self._async else lib.HTTPTransport()
         return self._defaults[lib.__name__]
 
-    def _start(self, request: Any, body: bytes | None) -> _Call:
+    def _start(self, request: Any, body: bytes | None, lib: ModuleType) -> _Call:
+        # Which of the headers a member replaces (and the pools header) the caller sent, in one look.
+        names = b"\n" + b"\n".join([key for key, _ in request.headers.raw]).lower() + b"\n"
+        present = [name for raw, name in _DROPPED_RAW if raw in names]
+        asked = POOLS_HEADER in present
         pools = self.pools
         override = request.extensions.get("coordinator")
-        header = request.headers.get(POOLS_HEADER)
+        header = request.headers.get(POOLS_HEADER) if asked else None
         if isinstance(override, dict) and override.get("pools"):
             chosen = override["pools"]
             pools = [chosen] if isinstance(chosen, str) else list(chosen)
         elif header:
             pools = [p.strip() for p in header.split(",") if p.strip()]
-        owners = self._owners(pools)
-        configs = [self._coordinator.pool_config(name) for name in pools]
-        deadline = self._options.get("deadline")
-        if deadline is None and configs:
-            deadline = configs[0].timeouts.deadline
-        return _Call(request, http_library(request), body, pools, owners, deadline=deadline)
+        owners, first_deadline = self._chain(pools)
+        deadline = self._deadline
+        if deadline is None:
+            deadline = first_deadline
+        return _Call(request, lib, body, pools, owners, deadline=deadline, present=present,
+                     routes=self._routes)
 
-    def _call_options(self, call: _Call) -> dict[str, Any]:
-        return {**self._options, "deadline": call.deadline}
-
-    def _owners(self, pools: list[str]) -> dict[int, PoolConfig]:
-        """Which pool each member object belongs to; built once per chain (configs do not change)."""
+    def _chain(self, pools: list[str]) -> tuple[dict[int, PoolConfig], float | None]:
+        """Which pool each member object belongs to, and the first pool's deadline; built once per
+        chain (configs do not change)."""
         key = tuple(pools)
-        owners = self._owner_cache.get(key)
-        if owners is None:
+        found = self._chain_cache.get(key)
+        if found is None:
             configs = [self._coordinator.pool_config(name) for name in pools]
             owners = {id(member): cfg for cfg in configs for member in cfg.members}
-            if len(self._owner_cache) < 64:
-                self._owner_cache[key] = owners
-        return owners
-
-    @staticmethod
-    def _replayable(request: Any) -> bool:
-        return isinstance(request.stream, http_library(request).ByteStream)
+            found = (owners, configs[0].timeouts.deadline if configs else None)
+            if len(self._chain_cache) < 64:
+                self._chain_cache[key] = found
+        return found
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         coordinator = self._coordinator
         if coordinator.is_async:
             raise TypeError("this transport belongs to an AsyncCoordinator: use it with an AsyncClient")
-        call = self._start(request, request.read() if self._replayable(request) else None)
+        lib = http_library(request)
+        call = self._start(request, request.read() if isinstance(request.stream, lib.ByteStream) else None, lib)
         inner = call.inner = self._inner_for(call.lib)
         call.coordinator = coordinator
 
@@ -368,7 +426,8 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
             return call.guard(call.note(inner.handle_request(call.prepare(member))), member)
 
         try:
-            response = coordinator.call(call.pools, attempt, classifier=call.classify, **self._call_options(call))
+            response = coordinator.call(call.pools, attempt, classifier=call.classify, deadline=call.deadline,
+                                        **self._options)
         except (NotReplayableError, DeadlineReachedError, AllMembersFailedError) as exc:
             return call.fallback(exc)
         finally:
@@ -379,7 +438,9 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         coordinator = self._coordinator
         if not coordinator.is_async:
             raise TypeError("this transport belongs to a sync Coordinator: use it with a sync Client")
-        call = self._start(request, await request.aread() if self._replayable(request) else None)
+        lib = http_library(request)
+        call = self._start(request, await request.aread() if isinstance(request.stream, lib.ByteStream) else None,
+                           lib)
         inner = call.inner = self._inner_for(call.lib)
         call.coordinator = coordinator
 
@@ -387,8 +448,8 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
             return await call.aguard(call.note(await inner.handle_async_request(call.prepare(member))), member)
 
         try:
-            response = await coordinator.call(call.pools, attempt, classifier=call.classify,
-                                              **self._call_options(call))
+            response = await coordinator.call(call.pools, attempt, classifier=call.classify, deadline=call.deadline,
+                                              **self._options)
         except (NotReplayableError, DeadlineReachedError, AllMembersFailedError) as exc:
             return call.fallback(exc)
         finally:

@@ -189,9 +189,9 @@ class Coordinator(CoordinatorBase):
         every_hook = [*self.hooks, *hooks] if hooks or self.hooks else []
         first = None
         name = first_pool(pools) if not every_hook and deadline is None and max_retries is None else None
-        if name is not None and (isinstance(pools, str) or all(p in self._codecs for p in pools)):
+        pool = self._pools.get(name) if name is not None else None  # unknown: the plan raises
+        if pool is not None and (isinstance(pools, str) or len(pools) == 1 or all(p in self._codecs for p in pools)):
             # The happy path (rules/happy.py): no plan unless the view has no answer or something fails.
-            pool = self.pool(name)
             selection = pool.local_selection()
             if selection is not None:
                 outcome = attempt(fn, selection.member, clock if clock is not None else time.monotonic)

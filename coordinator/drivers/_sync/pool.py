@@ -62,13 +62,15 @@ class Pool:
     def local_selection(self) -> Selection | None:
         """The local view's selection, or None (no round trip either way): the happy path's acquire."""
         self._start_listener()
-        return self._codec.local_acquire()
+        codec = self._codec
+        return codec.view.selection(codec.clock())
 
     def quiet_success(self, selection: Selection) -> bool:
         """True when a success of ``selection`` changes nothing in Redis, as far as the view knows."""
-        now = self._codec.clock()
-        self._codec.view.note_success(selection.member.id, now)
-        return not self._codec.view.success_is_news(selection, now)
+        codec = self._codec
+        now = codec.clock()
+        codec.view.note_success(selection.member.id, now)
+        return codec.view.quiet_decision(selection, now) is not None
 
     def report_failure(self, selection: Selection, kind: str, retry_after: float | None = None) -> FailureResult:
         return self._run(self._codec.report_failure(selection, kind, retry_after))
