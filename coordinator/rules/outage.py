@@ -31,8 +31,10 @@ class Breaker:
 
     def allow(self) -> bool:
         """May this call try Redis?"""
+        if self.down_since is None:  # closed: nothing to book (a failure meanwhile is its own call's)
+            return True
         with self._lock:
-            if self.down_since is None:
+            if not self.open:  # closed by another caller meanwhile
                 return True
             if not self._probing and self._clock() >= self._next_probe:
                 self._probing = True
@@ -41,6 +43,8 @@ class Breaker:
 
     def succeeded(self) -> bool:
         """Redis answered. True when that ends an outage."""
+        if self.down_since is None and not self._probing:  # closed, and it stays so: nothing to change
+            return False
         with self._lock:
             self._probing = False
             ended = self.down_since is not None

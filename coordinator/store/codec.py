@@ -143,25 +143,26 @@ class PoolCodec:
         self.stream_maxlen = str(stream_maxlen) if stream_max_age is None else f"{stream_maxlen} {_ms(stream_max_age)}"
         #: The scripts' ARGV[1]: where change notices go (the coordinator sets it once it knows the client).
         self.channels = keys.notice_targets(config.name, sharded=False, legacy=True)
+        self._wire = (self.name.encode(), self.digest.encode(), self.spec_json.encode(), self.stream_maxlen.encode())
         self.clock = clock
         self.view = PoolView(config.name, self._members, staleness)
+        self._acquire_limits = (_ms(config.probe_timeout), _ms(config.failback_after))
 
     # -- the common ARGV -------------------------------------------------------------------------
 
-    def argv(self, op: Op[Any], with_spec: bool) -> list[str]:
-        digest = "*" if op.script == "snapshot" else self.digest
-        spec = self.spec_json if with_spec else ""
-        return [self.channels, self.name, digest, spec, _nonce(), self.stream_maxlen, *op.args]
+    def argv(self, op: Op[Any], with_spec: bool) -> list[str | bytes]:
+        """ARGV: the common six (the fixed ones as the bytes redis-py would send), then the script's own."""
+        name, digest, spec, maxlen = self._wire
+        return [self.channels.encode(), name, b"*" if op.script == "snapshot" else digest, spec if with_spec else b"",
+                _nonce(), maxlen, *op.args]
 
     @staticmethod
     def needs_spec(data: dict[str, Any]) -> bool:
         return bool(data.get("need_spec"))
 
     def decode(self, raw: Any) -> dict[str, Any]:
-        if isinstance(raw, bytes):
-            raw = raw.decode()
         try:
-            data = json.loads(raw)
+            data = json.loads(raw)  # bytes as they came (UTF-8), or a str from a decoding client
         except (TypeError, ValueError) as exc:
             raise CorruptStateError(f"pool {self.name!r}: unreadable script reply {raw!r}") from exc
         if not isinstance(data, dict):
@@ -218,8 +219,7 @@ class PoolCodec:
         return self.view.selection(self.clock())
 
     def acquire(self, recovery_probe: bool = False) -> Op[Selection]:
-        cfg = self.config
-        args = [_nonce(), _ms(cfg.probe_timeout), _ms(cfg.failback_after), "1" if recovery_probe else ""]
+        args = [_nonce(), *self._acquire_limits, "1" if recovery_probe else ""]
         return Op("acquire", self._keys, args, self._parse_acquire)
 
     def _parse_acquire(self, data: dict[str, Any]) -> Selection:

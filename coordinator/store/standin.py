@@ -19,6 +19,16 @@ from coordinator.store.codec import MemberRecord, Op, PoolCodec, decode_states
 _TOKEN_SCRIPTS = ("report_failure", "report_success")
 
 
+class _Undecoded:
+    """An acquire reply's ``states`` as it came (most are never needed: only an outage or a lost state
+    reads them)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+
 class LastKnownState:
     """What the local stand-in starts from, and what it knows that Redis must hear about."""
 
@@ -33,19 +43,32 @@ class LastKnownState:
         state from an acquire reply, the reported member's cooldown from a failure reply."""
         if "epoch" not in data or "active" not in data:
             return
-        last = self._last.setdefault(pool, {"states": {}})
+        last = self._last.get(pool)
+        if last is None:
+            last = self._last[pool] = {"states": {}}
         last.update(active=data.get("active") or "", server_now=float(data.get("now", 0)),
                     wall_ms=time.time() * 1000.0, epoch=str(data["epoch"]), generation=str(data.get("generation", 0)))
-        states: dict[str, MemberRecord] = last["states"]
         if "valid_until" in data:
-            last["states"] = decode_states(dict(data))
+            # As the reply gave them: decoded (decode_states) only when an outage or a lost state needs them.
+            last["states"] = _Undecoded(data.get("states"))
         member, until = data.get("member"), data.get("until")
         if "stale" in data and isinstance(member, str) and until:
+            states = self._states(pool)
             entry = states.get(member) or MemberRecord(member)
             states[member] = dataclasses.replace(entry, cooling_until=float(until),
                                                  cooling_kind=str(data.get("kind") or entry.cooling_kind),
                                                  failures=int(data.get("failures") or 0),
                                                  ejections=entry.ejections + (1 if data.get("cooled") else 0))
+
+    def _states(self, pool: str) -> dict[str, MemberRecord]:
+        """What the last replies said of each member of ``pool``, decoded on first use."""
+        last = self._last.get(pool)
+        if last is None:
+            return {}
+        states = last.get("states")
+        if isinstance(states, _Undecoded):
+            states = last["states"] = decode_states({"states": states.raw})
+        return states if isinstance(states, dict) else {}
 
     def seed(self, codec: PoolCodec) -> dict[str, str]:
         """The hash the stand-in starts a pool from: a local epoch, the last known pointer and states;
@@ -71,7 +94,7 @@ class LastKnownState:
         }
         # Server deadlines become deadlines of this machine's clock, which the stand-in's TIME reads.
         shift = last.get("wall_ms", 0.0) - last.get("server_now", 0.0)
-        for m in last.get("states", {}).values():
+        for m in self._states(codec.name).values():
             if m.id not in ids:
                 continue
             if m.cooling_until > 0:
@@ -97,7 +120,7 @@ class LastKnownState:
         promoted), as merge.lua items [member, remaining cooldown ms, kind, ejections, remaining park ms
         (-1 until unparked, 0 none), park reason]."""
         items = []
-        for m in self._last.get(pool, {}).get("states", {}).values():
+        for m in self._states(pool).values():
             cooling = max(0, int(m.cooling_until - server_now))
             parked = -1 if m.parked_until == -1 else max(0, int(m.parked_until - server_now))
             if cooling or m.ejections or parked:
@@ -116,8 +139,10 @@ class LastKnownState:
     def to_redis(self, codec: PoolCodec, op: Op[Any]) -> Op[Any]:
         """``op`` for Redis: a report made under a stand-in's token (Redis is back now) counts as made
         under the last token Redis gave, so it is applied, not dropped as stale."""
+        if op.script not in _TOKEN_SCRIPTS or not op.args[1].startswith("local"):
+            return op
         last = self._last.get(codec.name, {})
-        if op.script in _TOKEN_SCRIPTS and op.args[1].startswith("local") and last.get("epoch"):
+        if last.get("epoch"):
             return Op(op.script, op.keys, [op.args[0], last["epoch"], last["generation"], *op.args[3:]],
                       op.parse, op.operator)
         return op

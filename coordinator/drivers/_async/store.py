@@ -45,6 +45,17 @@ REPEAT_MISCONFIGURED = 60.0
 QUIET_AFTER = 60.0
 
 
+async def evalsha(script: Any, keys: list[str], args: list[Any]) -> Any:
+    """What ``script(keys=keys, args=args)`` does (EVALSHA; on NOSCRIPT, load the script and send it
+    again), without redis-py's per-call import and pipeline check: these clients are no pipelines."""
+    client = script.registered_client
+    try:
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        script.sha = await client.script_load(script.script)
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+
+
 class AsyncStore:
     """Runs script ops for a coordinator's pools (see the module docstring)."""
 
@@ -74,9 +85,9 @@ class AsyncStore:
     @staticmethod
     async def _call(scripts: Mapping[str, Any], codec: PoolCodec, op: Op[Any]) -> dict[str, Any]:
         script = scripts[op.script]
-        data = codec.decode(await script(keys=op.keys, args=codec.argv(op, False)))
+        data = codec.decode(await evalsha(script, op.keys, codec.argv(op, False)))
         if codec.needs_spec(data):
-            data = codec.decode(await script(keys=op.keys, args=codec.argv(op, True)))
+            data = codec.decode(await evalsha(script, op.keys, codec.argv(op, True)))
         return data
 
     async def run(self, codec: PoolCodec, op: Op[T]) -> T:

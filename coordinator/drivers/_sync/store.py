@@ -46,6 +46,17 @@ REPEAT_MISCONFIGURED = 60.0
 QUIET_AFTER = 60.0
 
 
+def evalsha(script: Any, keys: list[str], args: list[Any]) -> Any:
+    """What ``script(keys=keys, args=args)`` does (EVALSHA; on NOSCRIPT, load the script and send it
+    again), without redis-py's per-call import and pipeline check: these clients are no pipelines."""
+    client = script.registered_client
+    try:
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        script.sha = client.script_load(script.script)
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+
+
 class Store:
     """Runs script ops for a coordinator's pools (see the module docstring)."""
 
@@ -75,9 +86,9 @@ class Store:
     @staticmethod
     def _call(scripts: Mapping[str, Any], codec: PoolCodec, op: Op[Any]) -> dict[str, Any]:
         script = scripts[op.script]
-        data = codec.decode(script(keys=op.keys, args=codec.argv(op, False)))
+        data = codec.decode(evalsha(script, op.keys, codec.argv(op, False)))
         if codec.needs_spec(data):
-            data = codec.decode(script(keys=op.keys, args=codec.argv(op, True)))
+            data = codec.decode(evalsha(script, op.keys, codec.argv(op, True)))
         return data
 
     def run(self, codec: PoolCodec, op: Op[T]) -> T:
