@@ -101,6 +101,15 @@ def _events(data: dict[str, Any]) -> tuple[str, ...]:
     return tuple(text.split(",")) if text else ()
 
 
+def decode_version(reply: Any) -> tuple[str, int] | None:
+    """The safety re-read's ``HMGET epoch version`` reply (docs/design.md, "The local view"): the
+    pool's epoch and version, or None when the pool has no readable state."""
+    epoch, version = (v.decode() if isinstance(v, bytes) else v for v in reply)
+    if epoch and isinstance(version, str) and version.isdigit():
+        return str(epoch), int(version)
+    return None
+
+
 def decode_acquire(data: dict[str, Any]) -> AcquireDecision:
     """An acquire reply (lua/acquire.lua's header) as the local view reuses it."""
     rotation = str(data.get("rotation") or "")

@@ -100,3 +100,45 @@ def test_the_async_driver_re_reads_the_same_way(url: str) -> None:
         await coord.aclose()
 
     asyncio.run(main())
+
+
+def test_concurrent_acquires_on_lapsed_views_share_one_re_read(redis_url: str) -> None:
+    """Acquires that find their bound lapsed at the same time wait for one re-read, not one each."""
+    import asyncio
+
+    async def main() -> None:
+        prefix = f"srs{uuid.uuid4().hex[:8]}"
+        names = [f"p{i}" for i in range(4)]
+        coord = co.AsyncCoordinator(redis_url, [co.PoolConfig(name=n, members=[co.Member(id="a"),
+                                                                               co.Member(id="b")])
+                                                for n in names], prefix=prefix, legacy_notices=False)
+        clock = Clock()
+        for name in names:
+            coord._codec(name).clock = clock
+        pools = [coord.pool(n) for n in names]
+        for pool in pools:
+            await pool.acquire()
+        deadline = time.monotonic() + 10
+        while not coord._codec("p0").view.health.ok:
+            assert time.monotonic() < deadline, "the notice subscription is up"
+            await asyncio.sleep(0.005)
+        for pool in pools:
+            await pool.acquire()
+        pipelines = 0
+        real = coord.client.pipeline
+
+        def counting(*args: object, **kwargs: object) -> object:
+            nonlocal pipelines
+            pipelines += 1
+            return real(*args, **kwargs)
+
+        coord.client.pipeline = counting  # type: ignore[method-assign]
+        clock.now += SAFETY_STALENESS
+        selections = await asyncio.gather(*(pool.acquire() for pool in pools for _ in range(8)))
+        assert {s.member.id for s in selections} == {"a"}
+        assert pipelines == 1, "32 concurrent acquires on 4 lapsed views: one re-read"
+        coord.client.pipeline = real  # type: ignore[method-assign]
+        await coord.client.delete(*[k for n in names for k in co.KeySchema(prefix).pool_keys(n)])
+        await coord.aclose()
+
+    asyncio.run(main())

@@ -29,7 +29,7 @@ from coordinator.core.errors import CorruptStateError, StoreError, StoreMisconfi
 from coordinator.drivers.io_sync import Lock, fake_redis, to_thread
 from coordinator.rules.outage import DEFAULT_PROBE_INTERVAL, Breaker
 from coordinator.rules.view import SAFETY_STALENESS
-from coordinator.store.codec import Op, PoolCodec
+from coordinator.store.codec import Op, PoolCodec, decode_version
 from coordinator.store.connect import plain_redis_at, redact
 from coordinator.store.redis_errors import Trouble, corruption, reraise, short_error, trouble
 from coordinator.store.schema import KeySchema
@@ -76,6 +76,9 @@ class Store:
         self._local: Any = None
         self._local_scripts: dict[str, Any] = {}
         self._local_lock = Lock()
+        #: One safety re-read at a time: the acquires that find their bound lapsed meanwhile wait for
+        #: it and then find their views confirmed (or dropped), instead of each sending its own.
+        self._reread_lock = Lock()
         #: Why Redis cannot serve now (None while it can), and what the log last said, when.
         self.trouble: Trouble | None = None
         self._announced = False
@@ -182,27 +185,29 @@ class Store:
         bound ends within half of it, one pipelined ``HMGET epoch version`` (one round trip for all of
         them); a view whose fields did not move holds on, the others are dropped (their next acquire
         asks Redis). While Redis cannot serve, nothing is read: the acquires take the usual path."""
-        due = [c for c in self.codecs.values() if c.view.due(c.clock(), SAFETY_STALENESS / 2)]
-        if not due or self.breaker.open:
-            return
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for codec in due:
-                pipe.hmget(codec.keys.pool(codec.name), "epoch", "version")
-            replies = pipe.execute()
-        except Exception:
-            for codec in due:
+        with self._reread_lock:
+            due = [c for c in self.codecs.values() if c.view.due(c.clock(), SAFETY_STALENESS / 2)]
+            if not due or self.breaker.open:
+                return
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for codec in due:
+                    pipe.hmget(codec.keys.pool(codec.name), "epoch", "version")
+                replies = pipe.execute()
+            except Exception:
+                for codec in due:
+                    codec.view.forget()
+                return
+            self._confirm(due, replies)
+
+    @staticmethod
+    def _confirm(due: list[PoolCodec], replies: list[Any]) -> None:
+        for codec, reply in zip(due, replies, strict=True):
+            seen = decode_version(reply)
+            if seen is None:
                 codec.view.forget()
-            return
-        for codec, (epoch, version) in zip(due, replies, strict=True):
-            if isinstance(epoch, bytes):
-                epoch = epoch.decode()
-            if isinstance(version, bytes):
-                version = version.decode()
-            if epoch and version and str(version).isdigit():
-                codec.view.confirm(str(epoch), int(version), codec.clock())
             else:
-                codec.view.forget()
+                codec.view.confirm(*seen, codec.clock())
 
     def _merge_back(self) -> None:
         """Merges what the stand-in learned into Redis (raising if Redis still cannot serve), then drops it."""
@@ -343,6 +348,7 @@ class Store:
         self._local = None
         self._local_scripts = {}
         self._local_lock = Lock()
+        self._reread_lock = Lock()
         self.last_known.seeded.clear()
         self.trouble = None
         self._announced = False
