@@ -35,6 +35,7 @@ from coordinator.rules.continuation import Prefill, Splice, Transcript, continue
 from coordinator.rules.hooks import dispatch
 from coordinator.rules.plan import report_transition
 from coordinator.rules.sse import SseFormat
+from coordinator.transport.stream_guard import _GuardedStream
 
 if TYPE_CHECKING:
     from coordinator.transport.failover import _Call
@@ -226,6 +227,20 @@ class _Resume:
             raise CannotContinueError(f"{pool.name}/{member.id} does not continue this answer")
         return pool, member
 
+    def _spliced(self, job: _Break, prefill: Prefill, response: Any) -> Primed | None:
+        """The continuation's primed stream, recorded, when ``response`` is a guarded event stream; None
+        (the break's error noted) for anything else: an error response the plan handed back as the
+        caller's own, a 2xx that is not ``text/event-stream``. Such a response is the caller's to close."""
+        stream = getattr(response, "stream", None)
+        if not isinstance(stream, _GuardedStream):
+            content_type = response.headers.get("content-type", "")
+            self._not_continued(job.error, CannotContinueError(
+                f"the continuation was answered with HTTP {response.status_code} {content_type!r}, "
+                "not an event stream"))
+            return None
+        self._record(job, prefill)
+        return stream.current
+
     @staticmethod
     def _not_continued(error: StreamInterruptedError, why: Exception) -> None:
         error.add_note(f"coordinator: not continued: {type(why).__name__}: {str(why).splitlines()[0][:300]}"
@@ -251,12 +266,13 @@ class _SyncResume(_Resume):
             self._not_continued(error, exc)
         finally:
             self.call.restore()
-        if response is None:
+        primed = None if response is None else self._spliced(job, prefill, response)
+        if primed is None:
+            if response is not None:
+                response.close()
             if not job.reported:
                 self._report(job)
             raise error
-        self._record(job, prefill)
-        primed: Primed = response.stream.current
         return primed
 
     def _report(self, job: _Break) -> None:
@@ -311,12 +327,13 @@ class _AsyncResume(_Resume):
             self._not_continued(error, exc)
         finally:
             self.call.restore()
-        if response is None:
+        primed = None if response is None else self._spliced(job, prefill, response)
+        if primed is None:
+            if response is not None:
+                await response.aclose()
             if not job.reported:
                 await self._report(job)
             raise error
-        self._record(job, prefill)
-        primed: Primed = response.stream.current
         return primed
 
     async def _report(self, job: _Break) -> None:

@@ -269,3 +269,43 @@ def test_by_default_a_broken_chat_stream_raises_and_counts_toward_the_cooldown(u
     state = snap.member("gpt-1")
     assert state.cooling_kind == "transient" and state.cooling_until == pytest.approx(snap.now + 5, abs=1)
     assert snap.active == "gpt-2", "the next request goes to the next member"
+
+
+# -- what a continuation candidate may answer -----------------------------------------------------------
+
+
+@MODES
+@pytest.mark.parametrize("behaviour", ["context_length", "bad_request"])
+def test_a_candidate_that_answers_with_an_error_leaves_the_caller_the_original_error(upstream, is_async, behaviour):
+    upstream.set(A, "cut", events=4)
+    upstream.set(B, behaviour)  # a 400 that is not about the prefill and cools nobody
+    coord = coordinator(claude_pool("claude", A, B), is_async=is_async)
+    with pytest.raises(co.StreamInterruptedError) as info:
+        claude_stream(claude_client(coord, upstream, "claude"))
+    assert info.value.reason == "incomplete" and info.value.member == "claude-1"
+    assert any("not continued" in note and "HTTP 400" in note for note in info.value.__notes__)
+    assert upstream.prefills(B) == ["Hello from"], "asked once, with the prefill"
+    assert upstream.stats.statuses[(B, 400)] == 1
+    snap = run(coord.pool("claude").snapshot())
+    assert (snap.member("claude-1").failures, snap.member("claude-2").failures) == (1, 0)
+
+
+# -- failure counts of streams that break after the hand-over ------------------------------------------
+
+
+@MODES
+def test_a_member_whose_streams_always_break_is_cooled_at_its_threshold(upstream, is_async):
+    upstream.set(A, "cut", events=4)
+    coord = coordinator(claude_pool("claude", A, B, continuation="off",
+                                    cooldown=co.CooldownPolicy(transient_threshold=4)), is_async=is_async)
+    client = claude_client(coord, upstream, "claude")
+    for broken in range(1, 5):
+        with pytest.raises(co.StreamInterruptedError):
+            claude_stream(client)
+        state = run(coord.pool("claude").snapshot()).member("claude-1")
+        assert tries(upstream, A) == broken
+        if broken < 4:
+            assert (state.failures, state.cooling_kind) == (broken, ""), "each break adds to the run"
+    assert state.cooling_kind == "transient", "the fourth break in a row cools it"
+    claude_stream(client)
+    assert (tries(upstream, A), tries(upstream, B)) == (4, 1)
