@@ -150,6 +150,16 @@ class PoolView:
         if self._offset is not None:
             self._served[member_id] = now + self._offset
 
+    def served_mark(self, member_id: str) -> float | None:
+        """The success noted last on ``member_id`` (server seconds), or None: what ``withdraw_success``
+        takes back when the request that noted it turns out to have failed (a stream that broke later)."""
+        return self._served.get(member_id)
+
+    def withdraw_success(self, member_id: str, mark: float) -> None:
+        """Forgets the success ``mark`` on ``member_id`` unless a later one was noted since."""
+        if self._served.get(member_id) == mark:
+            del self._served[member_id]
+
     def take_served(self, member_id: str) -> float:
         """Server seconds of the last success on ``member_id`` since the last failure report there
         (0.0 when none), for the failure report being sent now; the next one starts afresh."""

@@ -114,6 +114,29 @@ def recovery(call: _Call, response: Any, after: Resuming | None) -> Any:
     return (_AsyncResume if call.coordinator.is_async else _SyncResume)(call, response)
 
 
+def mark_served(coordinator: Any, response: Any) -> None:
+    """Remembers on a handed-over stream's guard the success its hand-over noted, so that a break
+    takes it back: the request failed after all, and its report must not restart the failure count."""
+    stream = getattr(response, "stream", None)
+    if coordinator is None or not isinstance(stream, _GuardedStream):
+        return
+    state = stream.current.state
+    try:
+        state.served = coordinator.pool(state.pool).served_mark(state.member)
+    except Exception as exc:  # bookkeeping only: the stream is the caller's either way
+        _log.warning("pool %r: reading the success noted for %r failed: %s", state.pool, state.member, exc)
+
+
+def _withdraw(coordinator: Any, state: GuardState) -> None:
+    if state.served is None:
+        return
+    try:
+        coordinator.pool(state.pool).withdraw_success(state.member, state.served)
+    except Exception as exc:
+        _log.warning("pool %r: taking back the success of %r failed: %s", state.pool, state.member, exc)
+    state.served = None
+
+
 # -- one break ---------------------------------------------------------------------------------------
 
 
@@ -210,6 +233,7 @@ class _Resume:
         extensions["tried"] = list(call.tried)
 
     def _start(self, error: StreamInterruptedError, state: GuardState) -> _Break:
+        _withdraw(self.coordinator, state)  # before any report of the break, the plan's included
         if error.pool is not None and error.member is not None:
             self.broken.add((error.pool, error.member))
         return _Break(error, state)
@@ -239,6 +263,7 @@ class _Resume:
                 "not an event stream"))
             return None
         self._record(job, prefill)
+        mark_served(self.coordinator, response)
         return stream.current
 
     @staticmethod
@@ -370,4 +395,5 @@ class _AsyncResume(_Resume):
         return await call.aguard(response, member, after=Resuming(job.state, splice))
 
 
-__all__: Sequence[str] = ("CannotContinueError", "PrefillRefusedError", "Resuming", "guard_options", "recovery")
+__all__: Sequence[str] = ("CannotContinueError", "PrefillRefusedError", "Resuming", "guard_options", "mark_served",
+                           "recovery")

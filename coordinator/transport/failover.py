@@ -428,6 +428,7 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         try:
             response = coordinator.call(call.pools, attempt, classifier=call.classify, deadline=call.deadline,
                                         **self._options)
+            continuation.mark_served(coordinator, response)
         except (NotReplayableError, DeadlineReachedError, AllMembersFailedError) as exc:
             return call.fallback(exc)
         finally:
@@ -450,6 +451,7 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         try:
             response = await coordinator.call(call.pools, attempt, classifier=call.classify, deadline=call.deadline,
                                               **self._options)
+            continuation.mark_served(coordinator, response)
         except (NotReplayableError, DeadlineReachedError, AllMembersFailedError) as exc:
             return call.fallback(exc)
         finally:

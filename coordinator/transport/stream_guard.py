@@ -66,6 +66,9 @@ class GuardState:
         self.transcript = transcript
         #: For a continuation: how its events are rewritten to follow the caller's.
         self.splice = splice
+        #: The success the hand-over of this stream noted in the pool's local view (``served_mark``),
+        #: taken back when the stream breaks (docs/design.md, "Failure counts"); None: none known.
+        self.served: float | None = None
         #: The failure found after the events delivered before it; raised once they are out.
         self.failed: StreamInterruptedError | None = None
         self._framer = SseFramer()

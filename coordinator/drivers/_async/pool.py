@@ -64,6 +64,15 @@ class AsyncPool:
         codec = self._codec
         return codec.view.selection(codec.clock())
 
+    def served_mark(self, member_id: str) -> float | None:
+        """The local view's note of the last success on ``member_id`` (a stream's hand-over, say), for
+        ``withdraw_success`` when that stream breaks later (docs/design.md, "Failure counts")."""
+        return self._codec.view.served_mark(member_id)
+
+    def withdraw_success(self, member_id: str, mark: float) -> None:
+        """Takes back the success ``mark`` (from ``served_mark``) unless a later one was noted since."""
+        self._codec.view.withdraw_success(member_id, mark)
+
     def quiet_success(self, selection: Selection) -> bool:
         """True when a success of ``selection`` changes nothing in Redis, as far as the view knows."""
         codec = self._codec
