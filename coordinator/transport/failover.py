@@ -124,6 +124,8 @@ class _Call:
         self.sdk_timeouts = request.extensions.get("timeout")
         self.streaming = self.body is not None and b'"stream"' in self.body and _asks_for_stream(self.body)
         self.headers = request.headers
+        #: The request the next response answers (its extensions carry the body-phase timeouts).
+        self.sent: httpx.Request = request
         self._format: SseFormat | bool | None = False
 
     @property
@@ -137,16 +139,18 @@ class _Call:
         return None if self.deadline is None else self.deadline - (time.monotonic() - self.started)
 
     def prepare(self, member: Member, body: bytes | None = None) -> httpx.Request:
-        """The caller's request as ``member`` sends it (with ``body`` instead of the caller's: a
-        continuation). The request gets a headers object of its own (a copy of the caller's, without
-        their credential and pools headers, with the member's), and ``restore`` puts the caller's back,
-        so the caller never sees a member's secret in it."""
+        """The caller's request as ``member`` sends it. An attempt of the call itself edits the caller's
+        request: it gets a headers object of its own (a copy of the caller's, without their credential
+        and pools headers, with the member's), and ``restore`` puts the caller's back when the call
+        returns. A continuation (``body`` instead of the caller's) runs while the caller holds the
+        response, so it is sent as a request of its own: the caller never sees a member's secret."""
         if self.body is None and self.attempts > 0:
             raise NotReplayableError("the request body is a stream that was already sent once")
         remaining = None if self.deadline is None else self.remaining()
         if remaining is not None and remaining < _SHORTEST_ATTEMPT:
             raise DeadlineReachedError(f"the call's deadline ({self.deadline:g}s) has passed")
-        if self.attempts:
+        fresh = body is not None
+        if self.attempts and not fresh:
             self.restore()
         pool = self.owners[id(member)]
         route = self.routes.get(id(member))
@@ -154,11 +158,12 @@ class _Call:
             route = self.routes[id(member)] = _route(member, pool)
         self.attempts += 1
         self.tried.append({"pool": pool.name, "member": member.id})
-        request = self.request
+        request = self.request if not fresh else self.lib.Request(
+            self.request.method, self.url, stream=self.stream, extensions=dict(self.request.extensions))
         secret = member.secret()
         extra: dict[str, str] = {route.auth: f"Bearer {secret}" if route.bearer else secret} if secret else {}
-        if not route.plain or body is not None:
-            self._member_changes(member, route, extra, body)
+        if not route.plain or fresh:
+            self._member_changes(request, member, route, extra, body)
         headers = self.lib.Headers(self.headers)  # a copy of the caller's list, not a new parse
         for name in self.present:
             if name not in extra:
@@ -169,12 +174,13 @@ class _Call:
         request.headers = headers
         request.extensions["timeout"] = limits.header_phase(self.sdk_timeouts, pool.timeouts, self.streaming,
                                                             remaining)
+        self.sent = request
         return request
 
-    def _member_changes(self, member: Member, route: _Route, extra: dict[str, str], body: bytes | None) -> None:
+    def _member_changes(self, request: httpx.Request, member: Member, route: _Route, extra: dict[str, str],
+                        body: bytes | None) -> None:
         """A member's own headers, base URL and model, and a continuation's ``body``: into ``extra``
-        (headers to set) and the request."""
-        request = self.request
+        (headers to set) and ``request``."""
         for name, value in route.headers:
             extra[name] = value
         if member.base_url:
@@ -200,7 +206,7 @@ class _Call:
         # AWS Bedrock's binary event stream is not read by the guard, but its reads get ``idle`` too.
         timed = event_stream or content_type.startswith(b"application/vnd.amazon.eventstream")
         remaining = None if self.deadline is None else self.remaining()
-        self.request.extensions["timeout"] = limits.body_phase(self.sdk_timeouts, pool.timeouts, timed,
+        self.sent.extensions["timeout"] = limits.body_phase(self.sdk_timeouts, pool.timeouts, timed,
                                                                remaining, timers=timers or not event_stream)
         if not event_stream or self.format is None:
             return None

@@ -309,3 +309,41 @@ def test_a_member_whose_streams_always_break_is_cooled_at_its_threshold(upstream
     assert state.cooling_kind == "transient", "the fourth break in a row cools it"
     claude_stream(client)
     assert (tries(upstream, A), tries(upstream, B)) == (4, 1)
+
+
+class _Spy:
+    """An inner transport that forwards to the real one and notes, when a continuation goes out, what
+    the caller's request object (the first one it forwarded) carried at that moment."""
+
+    def __init__(self, real):
+        self.real, self.first, self.seen = real, None, []
+
+    def _look(self, request):
+        if self.first is None:
+            self.first = request
+        elif b'"role":"assistant"' in b"".join(request.stream):
+            held = sorted(value for value in self.first.headers.values() if value.startswith("sk-"))
+            self.seen.append((request is self.first, held, request.headers.get("x-api-key")))
+
+    def handle_request(self, request):
+        self._look(request)
+        return self.real.handle_request(request)
+
+    async def handle_async_request(self, request):
+        self._look(request)
+        return await self.real.handle_async_request(request)
+
+
+@MODES
+def test_a_continuation_never_puts_a_members_secret_on_the_callers_request(upstream, is_async):
+    upstream.set(A, "cut", events=4)
+    coord = coordinator(claude_pool("claude", A, B), is_async=is_async)
+    spy = _Spy(ANTHROPIC_HTTP.AsyncHTTPTransport() if is_async else ANTHROPIC_HTTP.HTTPTransport())
+    http = (ANTHROPIC_HTTP.AsyncClient if is_async else ANTHROPIC_HTTP.Client)(
+        transport=coord.transport("claude", inner=spy))
+    client = (anthropic.AsyncAnthropic if is_async else anthropic.Anthropic)(
+        api_key="unused", base_url=upstream.url, max_retries=0, http_client=http)
+    text, _, record, _ = claude_stream(client)
+    assert text == TEXT and record["continuations"][0]["member"] == "claude-2"
+    assert upstream.prefills(B) == ["Hello from"]
+    assert spy.seen == [(False, [], B)], "a request of its own; the caller's holds no member's secret meanwhile"
