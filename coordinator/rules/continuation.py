@@ -195,9 +195,16 @@ def prefill_body(body: bytes, fmt: SseFormat, text: str) -> Prefill | None:
     return Prefill(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode(), len(text), trimmed)
 
 
+#: Wordings of a refused prefill, and only those: Anthropic's "does not support assistant message
+#: prefill" and "final assistant content cannot end with trailing whitespace"; OpenAI-compatible
+#: servers' "the last message must be from the user", "last message role must be 'user'", Mistral's
+#: "Expected last role User or Tool (or Assistant with prefix True)", vLLM's continue_final_message.
+#: Not the words "assistant message" or "last message" alone: 400s about tool_use / tool_result
+#: ordering or empty messages name them too, and a refusal is remembered for the process's life.
 _REFUSAL = re.compile(
-    r"prefill|final assistant|assistant message|last message|must end with (a |the )?user|continue_final_message"
-    r"|trailing whitespace", re.IGNORECASE)
+    r"prefill|final assistant content|continue_final_message|expected last role"
+    r"|last message(?: role)? must be (?:from |sent by )?(?:the |a |an )?['\"`]?(?:user|tool)"
+    r"|must end with (?:a |the )?user(?: or tool)? message", re.IGNORECASE)
 
 
 def refuses_prefill(status: int, body: bytes) -> bool:

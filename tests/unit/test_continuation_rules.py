@@ -146,11 +146,44 @@ def test_no_prefill_for_a_body_that_is_not_a_chat_or_for_several_choices() -> No
     assert prefill_body(b'{"messages": [], "n": 2}', "chat", "a") is None
 
 
-def test_a_refusal_is_a_400_about_the_prefill() -> None:
-    assert refuses_prefill(400, b'{"error": {"message": "This model does not support assistant message prefill."}}')
-    assert refuses_prefill(400, b"final assistant content cannot end with trailing whitespace")
-    assert not refuses_prefill(400, b'{"error": {"message": "max_tokens: field required"}}')
-    assert not refuses_prefill(529, b"prefill")
+#: Errors that refuse a prefill: Anthropic's, and OpenAI-compatible servers' (vLLM, Mistral, Groq, ...).
+_REFUSALS = [
+    b'{"type":"error","error":{"type":"invalid_request_error","message":'
+    b'"This model does not support assistant message prefill. The conversation must end with a user message."}}',
+    b'{"type":"error","error":{"type":"invalid_request_error",'
+    b'"message":"messages: final assistant content cannot end with trailing whitespace"}}',
+    b'{"error":{"message":"The last message must be from the user","type":"invalid_request_error"}}',
+    b'{"error":{"message":"last message role must be \'user\'","type":"invalid_request_error"}}',
+    b'{"object":"error","message":"Expected last role User or Tool (or Assistant with prefix True) for serving'
+    b' but got assistant","type":"invalid_request_error"}',
+    b'{"object":"error","message":"continue_final_message is not supported by this model","code":400}',
+]
+#: 400s about something else, some of them naming assistant messages: not a refusal of the prefill.
+_NOT_REFUSALS = [
+    b'{"error": {"message": "max_tokens: field required"}}',
+    b'{"type":"error","error":{"type":"invalid_request_error","message":"messages.1: `tool_use` ids were found '
+    b'without `tool_result` blocks immediately after: toolu_01. Each `tool_use` block must have a corresponding '
+    b'`tool_result` block in the next message."}}',
+    b'{"error":{"message":"Invalid parameter: messages with role \'tool\' must be a response to a preceeding '
+    b'message with \'tool_calls\'.","type":"invalid_request_error","param":"messages.[2].role"}}',
+    b'{"error":{"message":"An assistant message with \'tool_calls\' must be followed by tool messages '
+    b'responding to each \'tool_call_id\'.","type":"invalid_request_error"}}',
+    b'{"type":"error","error":{"type":"invalid_request_error","message":"messages.2: all messages must have '
+    b'non-empty content except for the optional final assistant message"}}',
+    b'{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 tokens > '
+    b'200000 maximum"}}',
+]
+
+
+@pytest.mark.parametrize("body", _REFUSALS)
+def test_a_refusal_is_a_400_or_422_about_the_prefill(body: bytes) -> None:
+    assert refuses_prefill(400, body) and refuses_prefill(422, body)
+    assert not refuses_prefill(529, body) and not refuses_prefill(413, body)
+
+
+@pytest.mark.parametrize("body", _NOT_REFUSALS)
+def test_other_400s_are_not_refusals_even_when_they_name_assistant_messages(body: bytes) -> None:
+    assert not refuses_prefill(400, body)
 
 
 # -- the splice ------------------------------------------------------------------------------------------
