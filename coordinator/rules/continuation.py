@@ -303,7 +303,13 @@ class Splice:
             if kind == "content_block_start" and index == 0 and self._merge:
                 block = payload.get("content_block")
                 if isinstance(block, dict) and block.get("type") == "text":
-                    return []  # the caller's open text block goes on
+                    # The caller's open text block goes on; text the start carries goes on as a delta.
+                    text = block.get("text")
+                    text = self._dedupe(text) if isinstance(text, str) and self._trimmed else text
+                    if not isinstance(text, str) or not text:
+                        return []
+                    return [_event("content_block_delta", {"type": "content_block_delta", "index": self._base,
+                                                           "delta": {"type": "text_delta", "text": text}})]
                 # Not text after all: close the caller's block, and put this one after it.
                 self._merge = False
                 self._base += 1

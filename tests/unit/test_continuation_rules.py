@@ -206,6 +206,24 @@ def test_an_anthropic_continuation_goes_on_in_the_callers_open_block_with_its_ow
     assert out[4][1]["usage"] == {"input_tokens": 12, "cache_read_input_tokens": 3, "output_tokens": 4}
 
 
+def test_text_in_the_continuations_first_block_start_goes_on_as_a_delta_in_the_callers_block() -> None:
+    transcript = Transcript("messages")
+    feed(transcript, MESSAGE_START + text_block(0, "Hello "))
+    start = sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                        "content_block": {"type": "text", "text": " world"}})
+    delta = sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "text_delta", "text": "!"}})
+    out = splice_all(Splice(transcript, trimmed=" "), "messages", start + delta)
+    assert out == [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                            "delta": {"type": "text_delta", "text": "world"}}),
+                   ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                            "delta": {"type": "text_delta", "text": "!"}})], \
+        "its text once, without the whitespace the caller has"
+    empty = Transcript("messages")
+    feed(empty, MESSAGE_START + text_block(0, "Hello"))
+    assert splice_all(Splice(empty), "messages", text_block(0)) == [], "an empty start is dropped, as before"
+
+
 def test_a_continuation_after_a_closed_block_or_with_a_new_kind_of_block_keeps_indexes_apart() -> None:
     closed = Transcript("messages")
     feed(closed, MESSAGE_START + text_block(0, "Hello") + sse("content_block_stop", {"type": "content_block_stop",
