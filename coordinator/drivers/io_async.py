@@ -18,9 +18,10 @@ import redis.asyncio
 
 from coordinator.core.config import Member
 from coordinator.core.errors import CoordinatorError
+from coordinator.core.types import Selection
 from coordinator.drivers.base import is_stream, note_plain_type, plain_types, resume
 from coordinator.rules.classify import is_error_response
-from coordinator.rules.plan import Outcome
+from coordinator.rules.plan import ATTEMPT_SELECTION, Outcome
 from coordinator.store.connect import connect_async as connect
 from coordinator.store.notices import AsyncNoticeListener as NoticeListener
 
@@ -82,7 +83,17 @@ async def close_quietly(value: Any) -> None:
     await _call_first(value, ("aclose", "close"))
 
 
-async def attempt(fn: Callable[[Member], Any], member: Member, clock: Callable[[], float]) -> Outcome:
+async def attempt(fn: Callable[[Member], Any], selection: Selection, clock: Callable[[], float]) -> Outcome:
+    """Runs ``fn(selection.member)`` (see ``_attempt``) with ``ATTEMPT_SELECTION`` set to ``selection``: a
+    stream it opens is reported under that token if it breaks later."""
+    running = ATTEMPT_SELECTION.set(selection)
+    try:
+        return await _attempt(fn, selection.member, clock)
+    finally:
+        ATTEMPT_SELECTION.reset(running)
+
+
+async def _attempt(fn: Callable[[Member], Any], member: Member, clock: Callable[[], float]) -> Outcome:
     """Runs ``fn(member)``: awaits what it returns, and for a stream, waits for its first item, so a
     stream that fails before it delivered anything is failed over like any other error."""
     started = clock()

@@ -14,9 +14,10 @@ import redis
 
 from coordinator.core.config import Member
 from coordinator.core.errors import StoreUnavailableError
+from coordinator.core.types import Selection
 from coordinator.drivers.base import is_stream, note_plain_type, plain_types, resume
 from coordinator.rules.classify import is_error_response
-from coordinator.rules.plan import Outcome
+from coordinator.rules.plan import ATTEMPT_SELECTION, Outcome
 from coordinator.store.connect import connect
 from coordinator.store.notices import NoticeListener
 
@@ -69,7 +70,17 @@ def _read_error(value: Any) -> None:
             read()
 
 
-def attempt(fn: Callable[[Member], Any], member: Member, clock: Callable[[], float]) -> Outcome:
+def attempt(fn: Callable[[Member], Any], selection: Selection, clock: Callable[[], float]) -> Outcome:
+    """Runs ``fn(selection.member)`` (see ``_attempt``) with ``ATTEMPT_SELECTION`` set to ``selection``: a
+    stream it opens is reported under that token if it breaks later."""
+    running = ATTEMPT_SELECTION.set(selection)
+    try:
+        return _attempt(fn, selection.member, clock)
+    finally:
+        ATTEMPT_SELECTION.reset(running)
+
+
+def _attempt(fn: Callable[[Member], Any], member: Member, clock: Callable[[], float]) -> Outcome:
     """Runs ``fn(member)``; for a stream, waits for its first item, so a stream that fails before it
     delivered anything is failed over like any other error."""
     started = clock()

@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -44,6 +45,11 @@ from coordinator.rules.hints import preemptive_cooldown
 from coordinator.rules.hooks import AttemptEvent, HookEvent, NextStep, TransitionEvent, TransitionSource
 
 _log = logging.getLogger("coordinator")
+
+#: The selection the running attempt was made under, set by the executor while ``fn(member)`` runs: a
+#: stream that breaks after the hand-over is reported under it (docs/design.md, "Tokens and
+#: exactly-once events"), not under whatever the pool's token is by then.
+ATTEMPT_SELECTION: ContextVar[Selection | None] = ContextVar("coordinator_attempt_selection", default=None)
 
 #: Shortest nap between two waits for an exhausted pool: a recovery time that is already due (clock
 #: granularity, a race with another worker) must not turn the wait loop into a busy loop.

@@ -13,8 +13,9 @@ How the next candidate is found: the continuation's ``coord.call`` (``max_retrie
 broken member's failure as its first attempt when its first pick is that member, so the plan reports
 it and moves on exactly as for any failed attempt (the next untried member of the pool, the next pool
 of the chain, a near recovery, the deadline). When its first pick is another member, the failure is
-reported directly under the pool's current token. A candidate that does not declare continuation,
-refused a prefill before or already broke this answer ends the attempt to continue.
+reported directly under the token the broken stream's attempt was made under
+(``GuardState.selection``). A candidate that does not declare continuation, refused a prefill before
+or already broke this answer ends the attempt to continue.
 """
 
 from __future__ import annotations
@@ -201,13 +202,16 @@ class _Resume:
             hint = pool.cooldown.overloaded
         return pool, member, failure, hint
 
-    def _selection(self, local: Selection | None, snapshot: Any, pool: PoolConfig, member: Member) -> Selection | None:
-        if local is not None:
-            return replace(local, member=member, lease="", degraded=False, probing=False, transitioned=False,
-                           events=())
-        if snapshot is None or snapshot.epoch is None:
+    @staticmethod
+    def _selection(job: _Break, member: Member) -> Selection | None:
+        """The token the break is reported under: the one its attempt was made under (docs/design.md,
+        "Tokens and exactly-once events"), as a plain failure report (its probe lease, if any, was
+        spent on the hand-over's success). None when the attempt's selection is not known."""
+        local = job.state.selection
+        if local is None or local.member.id != member.id:
             return None
-        return Selection(pool=pool.name, member=member, epoch=snapshot.epoch, generation=snapshot.generation)
+        return replace(local, member=member, lease="", degraded=False, probing=False, transitioned=False,
+                       events=())
 
     def _notify(self, pool: PoolConfig, selection: Selection, kind: str, result: Any) -> None:
         if result.transitioned and self.coordinator.hooks:
@@ -308,10 +312,10 @@ class _SyncResume(_Resume):
         pool, member, failure, hint = found
         try:
             handle = self.coordinator.pool(pool.name)
-            local = handle.local_selection()
-            selection = self._selection(local, None if local is not None else handle.snapshot(), pool, member)
+            selection = self._selection(job, member)
             if selection is not None:
-                self._notify(pool, selection, failure.kind, handle.report_failure(selection, failure.kind, hint))
+                result = handle.report_failure(selection, failure.kind, hint)
+                self._notify(pool, selection, failure.kind, result)
         except Exception as exc:  # the caller's error is the stream's, not the bookkeeping's
             _log.warning("pool %r: reporting the broken stream of %r failed: %s", pool.name, member.id, exc)
 
@@ -369,8 +373,7 @@ class _AsyncResume(_Resume):
         pool, member, failure, hint = found
         try:
             handle = self.coordinator.pool(pool.name)
-            local = handle.local_selection()
-            selection = self._selection(local, None if local is not None else await handle.snapshot(), pool, member)
+            selection = self._selection(job, member)
             if selection is not None:
                 result = await handle.report_failure(selection, failure.kind, hint)
                 self._notify(pool, selection, failure.kind, result)

@@ -27,6 +27,7 @@ import httpx
 from coordinator.core.config import Member, PoolConfig
 from coordinator.core.errors import AllMembersFailedError
 from coordinator.core.kinds import Failure
+from coordinator.rules.plan import ATTEMPT_SELECTION
 from coordinator.rules.sse import SseFormat, detect_format
 from coordinator.transport import continuation, limits
 from coordinator.transport.stream_guard import GuardState, Primed, aprime, guarded_stream, prime
@@ -210,9 +211,13 @@ class _Call:
                                                                remaining, timers=timers or not event_stream)
         if not event_stream or self.format is None:
             return None
+        selection = ATTEMPT_SELECTION.get()
         return GuardState(self.format, first_token=pool.timeouts.first_token, idle=pool.timeouts.idle,
                           deadline_at=None if remaining is None else time.monotonic() + remaining,
-                          pool=pool.name, member=member.id, **continuation.guard_options(self, after))
+                          pool=pool.name, member=member.id,
+                          selection=selection if selection is not None and selection.pool == pool.name
+                          and selection.member.id == member.id else None,
+                          **continuation.guard_options(self, after))
 
     def guard(self, response: httpx.Response, member: Member,
               after: continuation.Resuming | None = None) -> httpx.Response:

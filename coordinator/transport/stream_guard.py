@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from coordinator.core.errors import StreamInterruptedError
+from coordinator.core.types import Selection
 from coordinator.rules.continuation import Splice, Transcript
 from coordinator.rules.sse import SseEvent, SseFormat, SseFramer, judge
 
@@ -47,6 +48,7 @@ class GuardState:
         splice: Splice | None = None,
         events: int = 0,
         content_events: int = 0,
+        selection: Selection | None = None,
     ) -> None:
         self.fmt = fmt
         self.first_token = first_token
@@ -66,6 +68,8 @@ class GuardState:
         self.transcript = transcript
         #: For a continuation: how its events are rewritten to follow the caller's.
         self.splice = splice
+        #: The selection the attempt that opened this stream was made under: a break is reported under it.
+        self.selection = selection
         #: The success the hand-over of this stream noted in the pool's local view (``served_mark``),
         #: taken back when the stream breaks (docs/design.md, "Failure counts"); None: none known.
         self.served: float | None = None

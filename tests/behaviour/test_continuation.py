@@ -347,3 +347,37 @@ def test_a_continuation_never_puts_a_members_secret_on_the_callers_request(upstr
     assert text == TEXT and record["continuations"][0]["member"] == "claude-2"
     assert upstream.prefills(B) == ["Hello from"]
     assert spy.seen == [(False, [], B)], "a request of its own; the caller's holds no member's secret meanwhile"
+
+
+@MODES
+def test_a_break_is_reported_under_its_attempts_token_not_the_pools_current_one(upstream, is_async):
+    """The pool's state is re-created (a new epoch) while the stream runs: the break's report carries
+    the old epoch's token, so it moves nothing and cools nobody (docs/design.md, "Tokens and
+    exactly-once events")."""
+    upstream.set(A, "cut", events=4)
+    coord = coordinator(claude_pool("claude", A, B, continuation="off",
+                                    cooldown=co.CooldownPolicy(transient_threshold=1)), is_async=is_async)
+    client = claude_client(coord, upstream, "claude")
+    kwargs = {"model": "claude-test", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+    before = run(coord.pool("claude").snapshot()).epoch
+
+    async def consume():
+        async with client.messages.stream(**kwargs) as s:
+            async for event in s:
+                if event.type == "text":
+                    await coord.pool("claude").reset("state lost")
+
+    def consume_sync():
+        with client.messages.stream(**kwargs) as s:
+            for event in s:
+                if event.type == "text":
+                    coord.pool("claude").reset("state lost")
+
+    with pytest.raises(co.StreamInterruptedError) as info:
+        run(consume()) if is_async else consume_sync()
+    assert info.value.member == "claude-1" and tries(upstream, A) == 1
+    snap = run(coord.pool("claude").snapshot())
+    assert snap.epoch != before
+    state = snap.member("claude-1")
+    assert (state.failures, state.cooling_kind) == (0, ""), "a token of the old epoch moves nothing"
+    assert snap.active == "claude-1"

@@ -193,7 +193,7 @@ class AsyncCoordinator(CoordinatorBase):
             # The happy path (rules/happy.py): no plan unless the view has no answer or something fails.
             selection = pool.local_selection()
             if selection is not None:
-                outcome = await attempt(fn, selection.member, clock if clock is not None else time.monotonic)
+                outcome = await attempt(fn, selection, clock if clock is not None else time.monotonic)
                 if plain_success(outcome) and pool.quiet_success(selection):
                     return outcome.result  # type: ignore[no-any-return]
                 first = (selection, outcome)

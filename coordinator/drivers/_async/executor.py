@@ -66,7 +66,7 @@ async def run_plan(
                 member = action.selection.member
                 trace.attempt(action.selection.pool, member.id, member.model, action.attempt)
                 try:
-                    outcome = await attempt(fn, member, plan.clock)
+                    outcome = await attempt(fn, action.selection, plan.clock)
                 except BaseException:
                     # Cancelled (or interrupted): a probe lease goes back now, not when its time runs out.
                     if action.selection.lease:

@@ -67,7 +67,7 @@ def run_plan(
                 member = action.selection.member
                 trace.attempt(action.selection.pool, member.id, member.model, action.attempt)
                 try:
-                    outcome = attempt(fn, member, plan.clock)
+                    outcome = attempt(fn, action.selection, plan.clock)
                 except BaseException:
                     # Cancelled (or interrupted): a probe lease goes back now, not when its time runs out.
                     if action.selection.lease:
