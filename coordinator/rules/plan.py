@@ -346,9 +346,7 @@ class CallPlan:
                     yield Return(out.result)  # the caller's own error response, untouched
                 return "served"
 
-            hint = failure.retry_after
-            if hint is None and failure.code == "overloaded_error":
-                hint = pool.cooldown.overloaded
+            hint = cooldown_hint(pool, failure)
             report = yield from self._report(pool, sel, failure.kind, hint)
             backoff: float | None = None
             # A member that did not answer in time is not asked again: a silent route stays silent.
@@ -535,6 +533,14 @@ def _acquire_transition(pool: PoolConfig, sel: Selection) -> TransitionEvent:
         epoch=sel.epoch,
         generation=sel.generation,
     )
+
+
+def cooldown_hint(pool: PoolConfig, failure: Failure) -> float | None:
+    """The rest a failure report asks for: the provider's hint, else, for Anthropic's in-band or 529
+    ``overloaded_error`` without one, the pool's ``overloaded`` rest; None lets the store decide."""
+    if failure.retry_after is None and failure.code == "overloaded_error":
+        return pool.cooldown.overloaded
+    return failure.retry_after
 
 
 def report_transition(

@@ -34,7 +34,7 @@ from coordinator.core.types import Selection
 from coordinator.rules.classify import classify_with
 from coordinator.rules.continuation import Prefill, Splice, Transcript, continues, prefill_body, refuses_prefill
 from coordinator.rules.hooks import dispatch
-from coordinator.rules.plan import report_transition
+from coordinator.rules.plan import cooldown_hint, report_transition
 from coordinator.rules.sse import SseFormat
 from coordinator.transport.stream_guard import _GuardedStream
 
@@ -188,7 +188,11 @@ class _Resume:
             return Failure(kind="request", message=str(error))
         return self.call.classify(error)
 
-    def _failure(self, error: StreamInterruptedError) -> tuple[PoolConfig, Member, Failure, float | None] | None:
+    def _failure(self, job: _Break) -> tuple[PoolConfig, Member, Failure, float | None] | None:
+        """What the break's report is, or None when none is sent (it is not a cooling failure, its
+        member is unknown); marks the break reported either way."""
+        job.reported = True
+        error = job.error
         if error.pool is None or error.member is None:
             return None
         pool = self.coordinator.pool_config(error.pool)
@@ -197,10 +201,28 @@ class _Resume:
         failure = classify_with(error, (classifier,) if classifier is not None else ())
         if member is None or not failure.cools:
             return None
-        hint = failure.retry_after
-        if hint is None and failure.code == "overloaded_error":
-            hint = pool.cooldown.overloaded
-        return pool, member, failure, hint
+        return pool, member, failure, cooldown_hint(pool, failure)
+
+    def _report_of(self, job: _Break) -> tuple[Any, PoolConfig, Selection, Failure, float | None] | None:
+        """The pool handle, pool, token, failure and hint of the break's own report; None: none is sent."""
+        found = self._failure(job)
+        if found is None:
+            return None
+        pool, member, failure, hint = found
+        selection = self._selection(job, member)
+        if selection is None:
+            return None
+        try:
+            handle = self.coordinator.pool(pool.name)
+        except Exception as exc:
+            self._report_failed(pool, member, exc)
+            return None
+        return handle, pool, selection, failure, hint
+
+    @staticmethod
+    def _report_failed(pool: PoolConfig, member: Member, exc: Exception) -> None:
+        # The caller's error is the stream's, not the bookkeeping's.
+        _log.warning("pool %r: reporting the broken stream of %r failed: %s", pool.name, member.id, exc)
 
     @staticmethod
     def _selection(job: _Break, member: Member) -> Selection | None:
@@ -244,10 +266,28 @@ class _Resume:
 
     def _first(self, job: _Break, member: Member) -> bool:
         """For the continuation call's first attempt: True when it is the broken member itself (the
-        plan is to be handed its failure), False when that failure still needs its own report."""
-        job.reported = True
+        plan is handed its failure, as that attempt's outcome), False otherwise."""
         pool = self.call.owners[id(member)]
-        return (pool.name, member.id) == (job.error.pool, job.error.member)
+        if (pool.name, member.id) != (job.error.pool, job.error.member):
+            return False
+        job.reported = True
+        return True
+
+    def _request(self, member: Member, prefill: Prefill) -> tuple[PoolConfig, Member, Any]:
+        """The continuation request for ``member``, once the break's report is out of the way; raises
+        ``CannotContinueError`` for a member that does not continue this answer."""
+        pool, member = self._check(member)
+        return pool, member, self.call.prepare(member, body=prefill.body)
+
+    def _refusal(self, pool: PoolConfig, member: Member, response: Any) -> PrefillRefusedError | None:
+        """For an error response (read): the refusal to raise, when it refuses the prefill."""
+        if refuses_prefill(response.status_code, response.content):
+            return self._refused(pool, member, response)
+        return None
+
+    @staticmethod
+    def _resuming(job: _Break, prefill: Prefill) -> Resuming:
+        return Resuming(job.state, Splice(job.state.transcript or Transcript(job.state.fmt), prefill.trimmed))
 
     def _check(self, member: Member) -> tuple[PoolConfig, Member]:
         pool = self.call.owners[id(member)]
@@ -275,127 +315,119 @@ class _Resume:
         error.add_note(f"coordinator: not continued: {type(why).__name__}: {str(why).splitlines()[0][:300]}"
                        if str(why) else f"coordinator: not continued: {type(why).__name__}")
 
+    def _begin(self, error: StreamInterruptedError,
+               state: GuardState) -> tuple[_Break, tuple[list[str], Prefill] | None]:
+        """The break, and the chain and request body of its continuation (None: it is not continued)."""
+        job = self._start(error, state)
+        return job, self._chain(job)
+
     def _call_options(self) -> dict[str, Any]:
         return {"classifier": self._classify, "max_retries": 0, "deadline": self.call.remaining()}
 
 
 class _SyncResume(_Resume):
+    """The sync I/O of a continuation; every decision is ``_Resume``'s."""
+
     def __call__(self, error: StreamInterruptedError, state: GuardState) -> Primed:
-        job = self._start(error, state)
-        plan = self._chain(job)
-        if plan is None:
+        job, plan = self._begin(error, state)
+        response = primed = None
+        if plan is not None:
+            chain, prefill = plan
+            try:
+                response = self.coordinator.call(chain, lambda member: self._attempt(job, member, prefill),
+                                                 **self._call_options())
+            except Exception as exc:
+                self._not_continued(error, exc)
+            primed = None if response is None else self._spliced(job, prefill, response)
+        if primed is not None:
+            return primed
+        if response is not None:
+            response.close()
+        if not job.reported:
             self._report(job)
-            raise error
-        chain, prefill = plan
-        try:
-            response = self.coordinator.call(chain, lambda member: self._attempt(job, member, prefill),
-                                             **self._call_options())
-        except Exception as exc:
-            response = None
-            self._not_continued(error, exc)
-        finally:
-            self.call.restore()
-        primed = None if response is None else self._spliced(job, prefill, response)
-        if primed is None:
-            if response is not None:
-                response.close()
-            if not job.reported:
-                self._report(job)
-            raise error
-        return primed
+        raise error
 
     def _report(self, job: _Break) -> None:
-        job.reported = True
-        found = self._failure(job.error)
+        found = self._report_of(job)
         if found is None:
             return
-        pool, member, failure, hint = found
+        handle, pool, selection, failure, hint = found
         try:
-            handle = self.coordinator.pool(pool.name)
-            selection = self._selection(job, member)
-            if selection is not None:
-                result = handle.report_failure(selection, failure.kind, hint)
-                self._notify(pool, selection, failure.kind, result)
-        except Exception as exc:  # the caller's error is the stream's, not the bookkeeping's
-            _log.warning("pool %r: reporting the broken stream of %r failed: %s", pool.name, member.id, exc)
+            result = handle.report_failure(selection, failure.kind, hint)
+        except Exception as exc:
+            self._report_failed(pool, selection.member, exc)
+            return
+        self._notify(pool, selection, failure.kind, result)
 
     def _attempt(self, job: _Break, member: Member, prefill: Prefill) -> Any:
-        call = self.call
         if not job.reported:
             if self._first(job, member):
                 raise job.error  # the plan reports it and moves on, as for any failed attempt
             self._report(job)
-        pool, member = self._check(member)
-        response = call.note(call.inner.handle_request(call.prepare(member, body=prefill.body)))
+        pool, member, request = self._request(member, prefill)
+        response = self.call.note(self.call.inner.handle_request(request))
         if response.status_code >= 400:
             response.read()
-            if refuses_prefill(response.status_code, response.content):
+            refusal = self._refusal(pool, member, response)
+            if refusal is not None:
                 response.close()
-                raise self._refused(pool, member, response)
+                raise refusal
             return response
-        splice = Splice(job.state.transcript or Transcript(job.state.fmt), prefill.trimmed)
-        return call.guard(response, member, after=Resuming(job.state, splice))
+        return self.call.guard(response, member, after=self._resuming(job, prefill))
 
 
 class _AsyncResume(_Resume):
+    """The async I/O of a continuation, line for line ``_SyncResume``'s."""
+
     async def __call__(self, error: StreamInterruptedError, state: GuardState) -> Primed:
-        job = self._start(error, state)
-        plan = self._chain(job)
-        if plan is None:
+        job, plan = self._begin(error, state)
+        response = primed = None
+        if plan is not None:
+            chain, prefill = plan
+
+            async def attempt(member: Member) -> Any:
+                return await self._attempt(job, member, prefill)
+
+            try:
+                response = await self.coordinator.call(chain, attempt, **self._call_options())
+            except Exception as exc:
+                self._not_continued(error, exc)
+            primed = None if response is None else self._spliced(job, prefill, response)
+        if primed is not None:
+            return primed
+        if response is not None:
+            await response.aclose()
+        if not job.reported:
             await self._report(job)
-            raise error
-        chain, prefill = plan
-
-        async def attempt(member: Member) -> Any:
-            return await self._attempt(job, member, prefill)
-
-        try:
-            response = await self.coordinator.call(chain, attempt, **self._call_options())
-        except Exception as exc:
-            response = None
-            self._not_continued(error, exc)
-        finally:
-            self.call.restore()
-        primed = None if response is None else self._spliced(job, prefill, response)
-        if primed is None:
-            if response is not None:
-                await response.aclose()
-            if not job.reported:
-                await self._report(job)
-            raise error
-        return primed
+        raise error
 
     async def _report(self, job: _Break) -> None:
-        job.reported = True
-        found = self._failure(job.error)
+        found = self._report_of(job)
         if found is None:
             return
-        pool, member, failure, hint = found
+        handle, pool, selection, failure, hint = found
         try:
-            handle = self.coordinator.pool(pool.name)
-            selection = self._selection(job, member)
-            if selection is not None:
-                result = await handle.report_failure(selection, failure.kind, hint)
-                self._notify(pool, selection, failure.kind, result)
+            result = await handle.report_failure(selection, failure.kind, hint)
         except Exception as exc:
-            _log.warning("pool %r: reporting the broken stream of %r failed: %s", pool.name, member.id, exc)
+            self._report_failed(pool, selection.member, exc)
+            return
+        self._notify(pool, selection, failure.kind, result)
 
     async def _attempt(self, job: _Break, member: Member, prefill: Prefill) -> Any:
-        call = self.call
         if not job.reported:
             if self._first(job, member):
                 raise job.error
             await self._report(job)
-        pool, member = self._check(member)
-        response = call.note(await call.inner.handle_async_request(call.prepare(member, body=prefill.body)))
+        pool, member, request = self._request(member, prefill)
+        response = self.call.note(await self.call.inner.handle_async_request(request))
         if response.status_code >= 400:
             await response.aread()
-            if refuses_prefill(response.status_code, response.content):
+            refusal = self._refusal(pool, member, response)
+            if refusal is not None:
                 await response.aclose()
-                raise self._refused(pool, member, response)
+                raise refusal
             return response
-        splice = Splice(job.state.transcript or Transcript(job.state.fmt), prefill.trimmed)
-        return await call.aguard(response, member, after=Resuming(job.state, splice))
+        return await self.call.aguard(response, member, after=self._resuming(job, prefill))
 
 
 __all__: Sequence[str] = ("CannotContinueError", "PrefillRefusedError", "Resuming", "guard_options", "mark_served",
