@@ -381,3 +381,31 @@ def test_a_break_is_reported_under_its_attempts_token_not_the_pools_current_one(
     state = snap.member("claude-1")
     assert (state.failures, state.cooling_kind) == (0, ""), "a token of the old epoch moves nothing"
     assert snap.active == "claude-1"
+
+
+class _Unstreamed(_Spy):
+    """Sends the continuation with ``"stream": false``: the provider answers it with a 200 JSON body."""
+
+    def _look(self, request):
+        super()._look(request)
+        body = b"".join(request.stream)
+        if b'"role":"assistant"' in body:
+            body = body.replace(b'"stream":true', b'"stream":false')
+            request.stream = type(request.stream)(body)
+            request.headers["content-length"] = str(len(body))
+
+
+@MODES
+def test_a_candidate_that_answers_with_a_2xx_that_is_no_event_stream_leaves_the_original_error(upstream, is_async):
+    upstream.set(A, "cut", events=4)
+    coord = coordinator(claude_pool("claude", A, B), is_async=is_async)
+    spy = _Unstreamed(ANTHROPIC_HTTP.AsyncHTTPTransport() if is_async else ANTHROPIC_HTTP.HTTPTransport())
+    http = (ANTHROPIC_HTTP.AsyncClient if is_async else ANTHROPIC_HTTP.Client)(
+        transport=coord.transport("claude", inner=spy))
+    client = (anthropic.AsyncAnthropic if is_async else anthropic.Anthropic)(
+        api_key="unused", base_url=upstream.url, max_retries=0, http_client=http)
+    with pytest.raises(co.StreamInterruptedError) as info:
+        claude_stream(client)
+    assert info.value.member == "claude-1"
+    assert any("HTTP 200 'application/json'" in note for note in info.value.__notes__)
+    assert upstream.prefills(B) == ["Hello from"] and upstream.stats.statuses[(B, 200)] == 1
