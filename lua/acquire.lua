@@ -13,7 +13,8 @@
 --   member      chosen member id ("" when every member is parked forever)
 --   degraded    true when the pool is exhausted and `member` is the soonest to recover
 --   retry_at    ms when `member` recovers (degraded), else -1
---   lease       probe lease id when this caller holds the pool's half-open probe, else ""
+--   lease       probe lease id when this caller holds the pool's half-open probe, else ""; a caller of
+--               another configuration (foreign) is granted one only on a member its configuration has
 --   probing     true when the pool is exhausted but a member is back and another caller probes it;
 --               `member` is that member, `degraded` is true, `retry_at` when to ask again
 --   transitioned true when this call made a transition
@@ -32,6 +33,8 @@ if not S then return err end
 settle_pointer(S)
 local lease_id, probe_ttl, failback_after = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
 local gated = ARGV[10] == '1'
+-- Whether this caller holds member `id`: a probe lease is granted only on a member it can use.
+local function holds(id) return not S.foreign or S.foreign[id] == true end
 local transitioned = false
 local member, degraded, retry_at, lease, probing = '', false, -1, '', false
 
@@ -42,7 +45,10 @@ if gated and S.exhausted and S.strategy ~= 'round_robin' and any_available(S) th
   local to = S.active
   if not available(S, to) then to = successor(S) or scan_from(S, 1) end
   local expires = tonumber(string.match(S.probe, '|(%d+)$')) or 0
-  if expires <= S.now then
+  if not holds(to) then
+    -- A caller of another configuration (lib/membership.lua) cannot probe a member it has no secret for.
+    member, degraded, retry_at = to, true, S.now + 1000
+  elseif expires <= S.now then
     S.probe = to .. '|' .. lease_id .. '|' .. (S.now + probe_ttl)
     S.set.probe = S.probe
     S.changed = true
@@ -101,7 +107,7 @@ else
     if expires <= S.now then
       for i = 1, S.pos[S.active] - 1 do
         local id = S.ids[i]
-        if available(S, id) and S.now >= S.m[id].cooling_until + failback_after then
+        if available(S, id) and holds(id) and S.now >= S.m[id].cooling_until + failback_after then
           S.probe = id .. '|' .. lease_id .. '|' .. (S.now + probe_ttl)
           S.set.probe = S.probe
           S.changed = true
