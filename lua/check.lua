@@ -15,7 +15,7 @@ if redis.acl_check_cmd then
   info = redis.acl_check_cmd('INFO', 'memory') == true
   local checks = {{'TIME'}, {'HGETALL', KEYS[1]}, {'HSET', KEYS[1], 'f', 'v'}, {'HDEL', KEYS[1], 'f'},
                   {'XADD', KEYS[2], '*', 'f', 'v'}, {'XREVRANGE', KEYS[2], '+', '-', 'COUNT', '1'},
-                  {'PUBLISH', ARGV[1], 'n'}, {'SUBSCRIBE', ARGV[1]}}
+                  {'PUBLISH', ARGV[1], 'n'}, {'SUBSCRIBE', ARGV[1]}, {'DEL', KEYS[1], KEYS[2]}}
   for _, c in ipairs(checks) do
     local ok, allowed = pcall(redis.acl_check_cmd, unpack(c))
     if not ok or not allowed then missing[#missing + 1] = c[1] end

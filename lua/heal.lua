@@ -4,19 +4,26 @@
 -- KEYS[1] pool state hash, KEYS[2] pool event stream
 -- ARGV[1..6] common (see lib/state.lua); ARGV[4] must hold the membership spec (reply {"need_spec":true}
 --          otherwise, before anything is touched); ARGV[5] becomes the new epoch
--- ARGV[7]  what the caller met (a COORD_CORRUPT detail, free text): shown when this script finds the
---          state corrupt for a reason of its own it cannot name better
+-- ARGV[7]  "read" for a read-only caller (snapshot, events): it heals only under the stored membership,
+--          and when that is unreadable answers COORD_CORRUPT <what>, having dropped only the derived
+--          field `checked` (so the next worker's call validates in full and heals); "" otherwise
+-- ARGV[8]  the cooling kinds a salvaged `<id>:cooling_kind` may hold, comma-separated (core/kinds.py
+--          COOLING_KINDS, sent by store/codec.py: the list has one place)
 --
 -- Idempotent, so that many workers meeting one corruption at once heal it exactly once fleet-wide: it first
 -- checks the state itself, as the other scripts do (types of both keys, the header, the membership, every
 -- member's fields, the stream's last id, the stream's entries, a stored membership that does not match its
 -- own digest), and writes nothing when it finds nothing wrong: another worker healed it first.
--- Otherwise, in one atomic step: the hash is replaced by a fresh state (new epoch, the caller's membership)
--- holding what could be read of each configured member (cooldown deadline and kind, failure and ejection
--- counts, a park and its reason; every field on its own: a garbage field is dropped, its neighbours kept),
--- the pointer (kept when it names a configured member that can serve, else moved forward), the model skip;
--- the probe lease is dropped. The stream is kept when it is readable, else replaced. One `healed` event
--- (`to` the active member, `reason` what was found) and the field `healed` ("<ms> <what>") record it.
+-- Otherwise, in one atomic step: the hash is replaced by a fresh state under a new epoch. Its membership is
+-- the stored one (members, weights, strategy, revision, membership_at) when that is readable, adds up to its
+-- digest and its revision is at least the caller's (the caller is then answered as foreign, lib/membership.lua;
+-- a read-only caller always keeps the stored one), else the caller's. It holds what could be read of each
+-- member (cooldown deadline and kind, failure and ejection counts, the last counted failure capped at now,
+-- a park and its reason; every field on its own: a garbage field is dropped, its neighbours kept), the
+-- pointer (kept when it names a member that can serve, else moved forward), the model skip; the probe
+-- lease is dropped. The stream is kept when it is readable, else replaced. One `healed` event (`to` the
+-- active member, `reason` what was found) and the field `healed` ("<ms> <what>") record it; when no member
+-- can serve, an `exhausted` event follows it (every exhausted episode has its event).
 -- Reply (JSON): common fields plus
 --   healed          true when this call rebuilt the state (false: nothing was wrong, nothing written)
 --   found           what was corrupt ("" when nothing)
@@ -28,8 +35,9 @@
 --   and, when the state is sound but another configuration's, lib/membership.lua's foreign, usable
 
 if ARGV[4] == '' then return NEED_SPEC end
-local KINDS = {rate_limited = true, quota_exhausted = true, auth = true, transient = true,
-               model_unavailable = true}
+local READ_ONLY = ARGV[7] == 'read'
+local KINDS = {}
+for kind in string.gmatch(ARGV[8] or '', '[^,]+') do KINDS[kind] = true end
 
 -- What is wrong with the event stream, or nil. Entries are read in full (a heal is rare): an entry
 -- coordinator did not write makes `events()` fail.
@@ -99,6 +107,47 @@ end
 local previous_epoch = old.epoch or ''
 if #previous_epoch > 64 or not string.match(previous_epoch, '^[%w%._:%-]*$') then previous_epoch = '' end
 
+-- The stored membership, when it can be kept: readable, adding up to its own digest (so not edited by
+-- hand), with a readable revision. Returns the spec (JSON), its digest, its revision; nil otherwise.
+local function stored_membership()
+  local ids, weights = split_csv(old.members), split_csv(old.weights)
+  if old.members == nil or bad_membership(ids, weights) or not STRATEGIES[old.strategy or ''] then return nil end
+  local rev = int_field(old, 'revision', 0)
+  if rev == nil then return nil end
+  local w = {}
+  for i, x in ipairs(weights) do w[i] = tonumber(x) end
+  local spec = {members = ids, strategy = old.strategy, weights = w}
+  local digest = old.digest or ''
+  if not string.match(digest, '^%x+$') or #digest > 64 then return nil end
+  if redis.sha1hex then  -- Redis has it (the stand-in's fakeredis does not): the digest must add up
+    local json = '{"members":' .. cjson.encode(ids) .. ',"strategy":' .. cjson.encode(old.strategy) ..
+                 ',"weights":[' .. table.concat(weights, ',') .. ']}'
+    if string.sub(redis.sha1hex(json), 1, 16) ~= digest then return nil end
+  end
+  if rev > 0 then spec.revision = rev end
+  return cjson.encode(spec), digest, rev
+end
+
+local caller = cjson.decode(ARGV[4])
+local caller_rev = tonumber(caller.revision) or 0
+local stored_spec, stored_digest, stored_rev = stored_membership()
+local foreign = nil
+if stored_spec ~= nil and (READ_ONLY or (stored_digest ~= ARGV[3] and stored_rev >= caller_rev)) then
+  if stored_digest ~= ARGV[3] then
+    foreign = {}
+    for _, id in ipairs(caller.members or {}) do foreign[id] = true end
+  end
+  -- lib/state.lua's load() creates the new state from ARGV[3] and ARGV[4]: the stored membership's.
+  ARGV[3], ARGV[4] = stored_digest, stored_spec
+elseif READ_ONLY then
+  -- A reader does not write its own configuration over the fleet's. It drops only the stamp (derived data,
+  -- lib/state.lua), so that the next call of a worker takes the full path, meets the corruption and heals it.
+  if old.checked ~= nil and check_acl({'HDEL', KEYS[1], 'checked'}) == nil then
+    redis.call('HDEL', KEYS[1], 'checked')
+  end
+  return redis.error_reply('COORD_CORRUPT ' .. found)
+end
+
 local refused = check_acl({'DEL', KEYS[1], KEYS[2]})
 if refused then return refused end
 -- Scripts cannot roll back: DEL is the first write, and once a script has written, Redis (even out of
@@ -106,6 +155,11 @@ if refused then return refused end
 if replace_stream then redis.call('DEL', KEYS[1], KEYS[2]) else redis.call('DEL', KEYS[1]) end
 local S, load_err = load()
 if not S then return load_err end
+if foreign then
+  S.foreign = foreign
+  local at = int_field(old, 'membership_at', nil)
+  if at ~= nil and at <= S.now then S.set.membership_at = at end
+end
 
 local now = S.now
 local kept, dropped = 0, 0
@@ -140,6 +194,13 @@ for _, id in ipairs(S.ids) do
       any = true
     end
   end
+  -- When the last failure was counted ("Failure counts"): a deadline past now is capped at now.
+  local failed_at = salvage_int(id .. ':failed_at', MAX_SPAN_MS * 30)
+  if failed_at > now then failed_at = now end
+  if failed_at > 0 and m.failures > 0 then
+    m.failed_at = failed_at
+    set_member(S, id, 'failed_at', failed_at)
+  end
   local raw = old[id .. ':parked_until']
   local park = nil
   if raw == FOREVER then
@@ -173,13 +234,14 @@ if S.strategy ~= 'round_robin' then
   set_active(S, id or (previous ~= nil and S.pos[previous] ~= nil and previous) or S.ids[1])
   fields.to = S.active
 end
-if not any_available(S) then
-  set_exhausted(S, true)
+local none_available = not any_available(S)
+if none_available then
   local _, t = soonest(S)
   fields.retry_at = t == math.huge and -1 or t
 end
 S.set.healed = now .. ' ' .. string.sub(found, 1, 300)
 emit(S, 'healed', fields)
+if none_available then exhaust(S, {member = S.active ~= '' and S.active or nil, reason = 'healed'}) end
 
 commit(S)
 return reply(S, {healed = true, found = found, previous_epoch = previous_epoch, kept = kept, dropped = dropped,

@@ -147,7 +147,9 @@ class CooldownPolicy(_Model):
     #: The longest re-cool after a failed probe (a chain's recovery probe, a priority pool's half-open
     #: probe) without a provider hint: the same doubling, capped here, because a probe is one request
     #: for the whole fleet and its interval is how late a recovery is noticed (docs/design.md,
-    #: "Timeouts and streams": a pool is back within 15 s of recovering, whatever the outage's length).
+    #: "Timeouts and streams": a pool whose member failed transiently, without a provider hint, is back
+    #: within 10 s plus the gap to its next request of recovering, whatever that outage's length; a
+    #: rate limit, quota, auth or model cooldown, and a provider's hint, are not capped by it).
     probe_max: Duration = 10.0
     #: Anthropic's 529 ``overloaded_error`` (a busy service, not this key's limit): its own short rest,
     #: separate from the 429 ramp; used when the response carries no retry hint.

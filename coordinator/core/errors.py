@@ -57,10 +57,10 @@ class UnknownPoolError(CoordinatorError, KeyError):
 class UnknownMemberError(CoordinatorError, KeyError):
     """The pool has no member with that id."""
 
-    def __init__(self, pool: str, member: str) -> None:
+    def __init__(self, pool: str, member: str, message: str = "") -> None:
         self.pool = pool
         self.member = member
-        super().__init__(f"pool {pool!r} has no member {member!r}")
+        super().__init__(message or f"pool {pool!r} has no member {member!r}")
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -345,9 +345,11 @@ class PoolCodec:
         kind, ejections, remaining park ms, park reason]), merged with ``max()``."""
         return Op("merge", self._keys, [json.dumps(items), "", reason], self._parse_merge)
 
-    def heal(self, found: str) -> Op[dict[str, Any]]:
-        """heal.lua: a corrupt state rebuilt (nothing when sound); ``found``: what the caller met."""
-        return Op("heal", self._keys, [found[:300]], self._parse_merge)
+    def heal(self, read_only: bool = False) -> Op[dict[str, Any]]:
+        """heal.lua: a corrupt state rebuilt (nothing when sound); a ``read_only`` caller heals only under
+        the stored membership (docs/design.md, "Corrupt state")."""
+        return Op("heal", self._keys, ["read" if read_only else "", ",".join(sorted(COOLING_KINDS))],
+                  self._parse_merge)
 
     def release(self, selection: Selection) -> Op[dict[str, Any]]:
         """Gives back the probe lease ``selection`` holds (a call cancelled before it could report)."""

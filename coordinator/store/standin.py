@@ -115,14 +115,16 @@ class LastKnownState:
         """The epoch of the last reply Redis gave for ``pool`` ("" before any)."""
         return str(self._last.get(pool, {}).get("epoch") or "")
 
-    def heal_items(self, pool: str, server_now: float) -> list[list[Any]]:
+    def heal_items(self, pool: str, server_now: float, parks: bool = True) -> list[list[Any]]:
         """What this worker knew of ``pool`` before Redis lost it (a flush, an eviction, an empty replica
         promoted), as merge.lua items [member, remaining cooldown ms, kind, ejections, remaining park ms
-        (-1 until unparked, 0 none), park reason]."""
+        (-1 until unparked, 0 none), park reason]; without ``parks`` (after a heal) no park."""
         items = []
         for m in self._states(pool).values():
             cooling = max(0, int(m.cooling_until - server_now))
             parked = -1 if m.parked_until == -1 else max(0, int(m.parked_until - server_now))
+            if not parks:
+                parked = 0
             if cooling or m.ejections or parked:
                 items.append([m.id, cooling, m.cooling_kind, m.ejections, parked, m.park_reason])
         return items

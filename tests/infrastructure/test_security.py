@@ -417,21 +417,38 @@ def test_a_missing_permission_fails_before_any_write(acl_server: RedisServer, ad
             assert (admin.hgetall(keys[0]), admin.xrange(keys[1])) == before
         with pytest.raises(co.StoreMisconfiguredError, match=f"may not run {command}.*grant"):
             co.Coordinator(user_url(acl_server), [pool_cfg()])
+    # DEL is checked at start like the others; revoked later, a corrupt pool alone is served locally.
     set_user(admin, [w for w in words if w != "+del"])
-    with co.Coordinator(user_url(acl_server), [pool_cfg()]) as coord:
-        pool = coord.pool("openai")
+    with pytest.raises(co.StoreMisconfiguredError, match=r"may not run DEL.*grant"):
+        co.Coordinator(user_url(acl_server), [pool_cfg()])
+    set_user(admin, words)
+    with co.Coordinator(user_url(acl_server), [pool_cfg(), pool_cfg("other")], staleness=0,
+                        probe_interval=600) as coord:
+        pool, other = coord.pool("openai"), coord.pool("other")
         pool.acquire()
+        other.acquire()
+        set_user(admin, [w for w in words if w != "+del"])
         before_hash = admin.hgetall(keys[0])
         with pytest.raises(co.StoreError, match="may not run DEL"):
             pool.reset()
         assert admin.hgetall(keys[0]) == before_hash
-        # Without DEL a corrupt state cannot be healed (docs/design.md, "Corrupt state"): calls are
-        # served locally, as for any missing grant, and nothing is written.
+        # Without DEL a corrupt state cannot be healed (docs/design.md, "Corrupt state"): that pool's calls
+        # are served locally, nothing is written, and Redis is asked again only after the pool's retry
+        # interval (probe_interval); the other pools stay on Redis.
         admin.hset(keys[0], "generation", "abc")
         before = (admin.hgetall(keys[0]), admin.xrange(keys[1]))
-    with co.Coordinator(user_url(acl_server), [pool_cfg()], staleness=0) as coord:
         assert coord.call("openai", lambda member: member.id) == "acct-1"
-        assert coord.pool("openai").acquire().epoch.startswith("local")
+        scripts_run = admin.info("commandstats")["cmdstat_evalsha"]["calls"]
+        for _ in range(5):
+            assert pool.acquire().epoch.startswith("local")
+        assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == scripts_run, "no Redis call per call"
+        with pytest.raises(co.StoreMisconfiguredError, match="park was not applied"):
+            pool.park("acct-3")
+        sel = other.acquire()
+        assert not sel.epoch.startswith("local")
+        assert other.report_failure(sel, "rate_limited", retry_after=60).transitioned
+        other_keys = co.KeySchema("coord").pool_keys("other")
+        assert admin.hget(other_keys[0], "acct-1:cooling_kind") == "rate_limited"
         assert (admin.hgetall(keys[0]), admin.xrange(keys[1])) == before
 
 

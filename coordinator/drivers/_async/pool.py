@@ -127,7 +127,7 @@ class AsyncPool:
         found = corruption(self._codec, exc)
         if found is None:
             raise exc
-        await self._store.repair(self._codec, found)
+        await self._store.repair(self._codec, found, read_only=True)
 
     async def events_after(self, last_id: str, *, block: float | None = None, count: int = 100) -> list[FailoverEvent]:
         """Up to ``count`` events written after the event ``last_id``, oldest first; waits up to

@@ -11,8 +11,9 @@ Operator actions are refused meanwhile, never queued, with the reason. When a pr
 stand-in learned is merged into Redis with ``max()`` (``merge.lua``), the stand-in is dropped and every
 local view is re-read. One log line when an episode starts and one when it ends (a misconfiguration
 is repeated at ERROR once a minute: it does not pass by itself). A pool whose state a script finds
-corrupt is healed (heal.lua, once fleet-wide) and the call made again; if even that fails, the call is
-served locally (docs/design.md, "Corrupt state").
+corrupt is healed (heal.lua, once fleet-wide) and the call made again; if the heal is refused or even
+that fails, that pool alone is served locally until its retry (``probe_interval``) and an operator
+action on it raises (docs/design.md, "Corrupt state").
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from typing import Any, TypeVar
 
 import redis
 
-from coordinator.core.errors import CorruptStateError, StoreError, StoreMisconfiguredError, StoreUnavailableError
+from coordinator.core.errors import (
+    CorruptStateError,
+    StoreError,
+    StoreMisconfiguredError,
+    StoreUnavailableError,
+    UnknownMemberError,
+)
 from coordinator.drivers.io_async import Lock, fake_redis, to_thread
 from coordinator.rules.outage import DEFAULT_PROBE_INTERVAL, Breaker
 from coordinator.rules.view import SAFETY_STALENESS
@@ -56,6 +63,14 @@ async def evalsha(script: Any, keys: list[str], args: list[Any]) -> Any:
         return await client.evalsha(script.sha, len(keys), *keys, *args)
 
 
+class HealRefused(Exception):
+    """heal.lua was refused (a trouble reply): the pool stays corrupt, the other pools are unaffected."""
+
+    def __init__(self, found: str, refused: Trouble, cause: BaseException):
+        super().__init__(f"{found}: {refused.what}")
+        self.found, self.trouble, self.cause = found, refused, cause
+
+
 class AsyncStore:
     """Runs script ops for a coordinator's pools (see the module docstring)."""
 
@@ -84,6 +99,8 @@ class AsyncStore:
         self._said: tuple[str, float] = ("", -QUIET_AFTER)
         #: Pools whose corrupt state could not be healed and that were said so (until Redis serves them).
         self._corrupt: set[str] = set()
+        #: Corrupt pools whose heal was refused or did not help: served locally until this monotonic time.
+        self._unhealable: dict[str, float] = {}
 
     @staticmethod
     async def _call(scripts: Mapping[str, Any], codec: PoolCodec, op: Op[Any]) -> dict[str, Any]:
@@ -94,6 +111,9 @@ class AsyncStore:
         return data
 
     async def run(self, codec: PoolCodec, op: Op[T]) -> T:
+        if not op.operator and self.local_fallback and self._unhealable.get(codec.name, 0.0) > time.monotonic():
+            # Corrupt, and its heal refused or failed a moment ago: served locally until the pool's retry.
+            return op.parse(await self._run_corrupt_locally(codec, op))
         if self.breaker.allow():
             try:
                 if self.breaker.open:  # this call is the probe: bring Redis up to date before using it
@@ -101,22 +121,34 @@ class AsyncStore:
                 data = await self._call_healing(codec, self.last_known.to_redis(codec, op))
                 data = await self._heal(codec, op, data)
             except Exception as exc:
-                found = corruption(codec, exc)
-                if found is None or not self.local_fallback:
+                found = exc.found if isinstance(exc, HealRefused) else corruption(codec, exc)
+                if found is None:
                     self._down(codec, op, exc)
-                else:  # corrupt, and not healed (see _call_healing): this call is served locally
-                    self._say_corrupt(codec, found, exc)
-                    data = await self._run_local(codec, op)
-                    self.last_known.seeded.discard(codec.name)  # the next local call starts afresh
-                    return op.parse(data)
+                elif op.operator or op.script == "snapshot" or not self.local_fallback:
+                    # An operator action is never served locally; a snapshot says the state is corrupt.
+                    if isinstance(exc, HealRefused):
+                        raise self._refusal(codec, op, exc.trouble) from exc.cause
+                    if isinstance(exc, redis.RedisError):
+                        reraise(codec, exc, op.script)
+                    raise
+                else:  # corrupt, and not healed (see _call_healing): this pool is served locally for a while
+                    self._say_corrupt(codec, found, exc.cause if isinstance(exc, HealRefused) else exc)
+                    self._unhealable[codec.name] = time.monotonic() + self.breaker.probe_interval
+                    return op.parse(await self._run_corrupt_locally(codec, op))
             else:
                 self._up()
                 self._corrupt.discard(codec.name)
+                self._unhealable.pop(codec.name, None)
                 self.last_known.remember(codec.name, data)
                 return op.parse(data)
         elif op.operator or not self.local_fallback:
             raise self._refusal(codec, op, self.trouble or Trouble("Redis is unreachable"))
         return op.parse(await self._run_local(codec, op))
+
+    async def _run_corrupt_locally(self, codec: PoolCodec, op: Op[Any]) -> dict[str, Any]:
+        data = await self._run_local(codec, op)
+        self.last_known.seeded.discard(codec.name)  # the next local call starts afresh
+        return data
 
     async def _run_local(self, codec: PoolCodec, op: Op[Any]) -> dict[str, Any]:
         async with self._local_lock:
@@ -148,21 +180,40 @@ class AsyncStore:
             if found is None:
                 raise
             unknown = str(exc).startswith("COORD_UNKNOWN_MEMBER")
-        sound = await self.repair(codec, found)
-        if unknown and sound.get("foreign") and op.script in ("report_failure", "report_success"):
+        try:
+            sound = await self.repair(codec, found, read_only=op.script == "snapshot")
+        except redis.ResponseError as exc:
+            refused = trouble(exc)
+            if refused is None:
+                raise
+            # A refused heal (a user without +del, out of memory) concerns this pool alone: the other
+            # pools stay on Redis (docs/design.md, "Corrupt state").
+            raise HealRefused(found, refused, exc) from exc
+        if unknown and sound.get("foreign"):
             # Not corrupt: the pool runs another configuration's membership (docs/design.md, "Rolling
-            # deploys"), which lacks the member reported on; the report changes nothing, as a stale one.
-            return {**sound, "member": op.args[0], "stale": True, "cooled": False, "transitioned": False}
+            # deploys"), which lacks the member named; a report changes nothing, as a stale one.
+            if op.script in ("report_failure", "report_success"):
+                return {**sound, "member": op.args[0], "stale": True, "cooled": False, "transitioned": False}
+            raise UnknownMemberError(codec.name, op.args[0], (
+                f"pool {codec.name!r}: the fleet's membership (another configuration's, see docs/design.md "
+                f"\"Rolling deploys\") has no member {op.args[0]!r}; {op.script} was not applied"))
         data = await self._call(self.scripts, codec, op)
         if op.script != "snapshot":
             codec.check_known(data)
         return data
 
-    async def repair(self, codec: PoolCodec, found: str) -> dict[str, Any]:
+    async def repair(self, codec: PoolCodec, found: str, read_only: bool = False) -> dict[str, Any]:
         """Runs heal.lua: a state still corrupt is rebuilt under a new epoch keeping what can be read,
         exactly once fleet-wide (a worker that comes second finds it sound and writes nothing). The worker
-        that rebuilt it says so in the log, once; the ``healed`` event and field say it to everyone."""
-        data = await self._call(self.scripts, codec, codec.heal(found))
+        that rebuilt it says so in the log, once; the ``healed`` event and field say it to everyone. A
+        ``read_only`` caller (snapshot, events) heals only under the stored membership, and otherwise gets
+        ``CorruptStateError`` with nothing written (docs/design.md, "Corrupt state")."""
+        try:
+            data = await self._call(self.scripts, codec, codec.heal(read_only))
+        except redis.ResponseError as exc:
+            if trouble(exc) is None:
+                reraise(codec, exc, "heal")
+            raise
         codec.view.forget()
         if data.get("healed"):
             _log.warning("coordinator: pool %r: its state in Redis was corrupt (%s); rebuilt it under the new "
@@ -218,8 +269,8 @@ class AsyncStore:
             if items:
                 try:
                     await self._call_healing(codec, codec.merge(items))
-                except redis.ResponseError as exc:
-                    if trouble(exc) is not None:
+                except (redis.ResponseError, HealRefused) as exc:
+                    if isinstance(exc, redis.ResponseError) and trouble(exc) is not None:
                         raise
                     _log.warning("coordinator: merging pool %r after the outage was refused: %s", pool, exc)
         self.last_known.seeded.clear()
@@ -238,11 +289,16 @@ class AsyncStore:
         origin = await self._origin(codec, new)
         if origin == "reset":
             return data
-        items = self.last_known.heal_items(codec.name, float(data.get("now", 0)))
+        healed = origin.startswith("healed")
+        # A heal kept what Redis held (heal.lua): nothing is merged over it, unless it could read nothing
+        # (a key of another type), and then never a park, which an operator may have removed since
+        # (docs/design.md, "Corrupt state").
+        now = float(data.get("now", 0))
+        items = [] if origin == "healed" else self.last_known.heal_items(codec.name, now, parks=not healed)
         if items:
             merged = await self._call(self.scripts, codec, codec.merge(items, "merged after the state was lost"))
             codec.view.forget()
-            if origin != "healed":  # a heal of a corrupt state was said once, by the worker that healed it
+            if not healed:  # a heal of a corrupt state was said once, by the worker that healed it
                 _log.warning("coordinator: pool %r: Redis lost its state (new epoch %s); merged what this "
                              "worker knew of %d member(s)", codec.name, new, len(items))
             data = {**data, "generation": merged.get("generation", data.get("generation"))}
@@ -256,10 +312,13 @@ class AsyncStore:
 
     async def _origin(self, codec: PoolCodec, epoch: str) -> str:
         """``reset`` when an operator's reset made ``epoch`` (then what was known is meant to be forgotten),
-        ``healed`` when a heal of a corrupt state did, else "" (the state was lost)."""
+        ``healed`` when a heal of a corrupt state did (``healed unread`` when it could keep no member's
+        state: heal.lua's reason says how many it kept), else "" (the state was lost)."""
         entries = await self.client.xrevrange(codec.events_key, max="+", min="-", count=20)
         for _, fields in entries or []:
             if (fields or {}).get("epoch") == epoch and (fields or {}).get("type") in ("reset", "healed"):
+                if fields["type"] == "healed" and "kept the state of 0 member(s)" in str(fields.get("reason")):
+                    return "healed unread"
                 return str(fields["type"])
         return ""
 
@@ -277,6 +336,10 @@ class AsyncStore:
             if isinstance(exc, redis.RedisError):
                 reraise(codec, exc, op.script)
             raise exc
+        if op.operator and found.misconfigured:
+            # A grant only an operator action needs (DEL, for reset) is the operator's to hear of: the
+            # workers' own calls, whose grants start-up checked, stay on Redis.
+            raise self._refusal(codec, op, found) from exc
         self.trouble = found
         self.breaker.failed()
         if self.local_fallback:
