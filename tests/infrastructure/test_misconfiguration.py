@@ -76,7 +76,8 @@ def test_credentials_refused_stop_the_coordinator_from_starting(server: RedisSer
         assert coord.pool("p").acquire().member.id == "k0"
 
 
-@pytest.mark.parametrize("grant", ["+publish", "+evalsha", "+script|load", "+hset", "+subscribe", "&coord:changes"])
+@pytest.mark.parametrize("grant", ["+publish", "+evalsha", "+script|load", "+hset", "+subscribe", "+del",
+                                   "&coord:changes"])
 def test_a_missing_grant_is_named(server: RedisServer, admin: redis.Redis, grant: str) -> None:
     name = user(admin, f"u{uuid.uuid4().hex[:6]}", without=grant)
     word = grant.lstrip("+&").split("|")[0]

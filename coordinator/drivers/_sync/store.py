@@ -112,7 +112,8 @@ class Store:
         return data
 
     def run(self, codec: PoolCodec, op: Op[T]) -> T:
-        if not op.operator and self.local_fallback and self._unhealable.get(codec.name, 0.0) > time.monotonic():
+        if (not op.operator and op.script != "snapshot" and self.local_fallback
+                and self._unhealable.get(codec.name, 0.0) > time.monotonic()):
             # Corrupt, and its heal refused or failed a moment ago: served locally until the pool's retry.
             return op.parse(self._run_corrupt_locally(codec, op))
         if self.breaker.allow():
@@ -180,7 +181,8 @@ class Store:
             found = corruption(codec, exc)
             if found is None:
                 raise
-            unknown = str(exc).startswith("COORD_UNKNOWN_MEMBER")
+            code, _, detail = str(exc).partition(" ")
+            unknown = detail.split(" ")[0] if code == "COORD_UNKNOWN_MEMBER" else ""
         try:
             sound = self.repair(codec, found, read_only=op.script == "snapshot")
         except redis.ResponseError as exc:
@@ -194,10 +196,10 @@ class Store:
             # Not corrupt: the pool runs another configuration's membership (docs/design.md, "Rolling
             # deploys"), which lacks the member named; a report changes nothing, as a stale one.
             if op.script in ("report_failure", "report_success"):
-                return {**sound, "member": op.args[0], "stale": True, "cooled": False, "transitioned": False}
-            raise UnknownMemberError(codec.name, op.args[0], (
+                return {**sound, "member": unknown, "stale": True, "cooled": False, "transitioned": False}
+            raise UnknownMemberError(codec.name, unknown, (
                 f"pool {codec.name!r}: the fleet's membership (another configuration's, see docs/design.md "
-                f"\"Rolling deploys\") has no member {op.args[0]!r}; {op.script} was not applied"))
+                f"\"Rolling deploys\") has no member {unknown!r}; {op.script} was not applied"))
         data = self._call(self.scripts, codec, op)
         if op.script != "snapshot":
             codec.check_known(data)
