@@ -128,18 +128,22 @@ local function stored_membership()
   return cjson.encode(spec), digest, rev
 end
 
-local caller = cjson.decode(ARGV[4])
+local decoded, caller = pcall(cjson.decode, ARGV[4])
+if not decoded or type(caller) ~= 'table' then
+  return redis.error_reply('COORD_BAD_ARGUMENT membership spec is not valid')
+end
 local caller_rev = tonumber(caller.revision) or 0
 local stored_spec, stored_digest, stored_rev = stored_membership()
 local foreign = nil
-if stored_spec ~= nil and (READ_ONLY or (stored_digest ~= ARGV[3] and stored_rev >= caller_rev)) then
-  if stored_digest ~= ARGV[3] then
-    foreign = {}
-    for _, id in ipairs(caller.members or {}) do foreign[id] = true end
-  end
+-- Under the caller's digest the stored membership is the caller's own (or was edited by hand: then the
+-- caller's spec is what the digest stands for).
+local own = stored_spec ~= nil and stored_digest == ARGV[3]
+if stored_spec ~= nil and not own and (READ_ONLY or stored_rev >= caller_rev) then
+  foreign = {}
+  for _, id in ipairs(type(caller.members) == 'table' and caller.members or {}) do foreign[id] = true end
   -- lib/state.lua's load() creates the new state from ARGV[3] and ARGV[4]: the stored membership's.
   ARGV[3], ARGV[4] = stored_digest, stored_spec
-elseif READ_ONLY then
+elseif READ_ONLY and not own then
   -- A reader does not write its own configuration over the fleet's. It drops only the stamp (derived data,
   -- lib/state.lua), so that the next call of a worker takes the full path, meets the corruption and heals it.
   if old.checked ~= nil and check_acl({'HDEL', KEYS[1], 'checked'}) == nil then
