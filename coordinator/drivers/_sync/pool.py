@@ -128,7 +128,10 @@ class Pool:
         found = corruption(self._codec, exc)
         if found is None:
             raise exc
-        self._store.repair(self._codec, found, read_only=True)
+        try:
+            self._store.repair(self._codec, found, read_only=True)
+        except redis.RedisError as refused:  # a heal refused (no +del, out of memory): said as our own error
+            reraise(self._codec, refused, "heal")
 
     def events_after(self, last_id: str, *, block: float | None = None, count: int = 100) -> list[FailoverEvent]:
         """Up to ``count`` events written after the event ``last_id``, oldest first; waits up to
