@@ -10,7 +10,8 @@
 -- ARGV[8]  optional: a probe lease id to give back (a call cancelled before it could report)
 -- ARGV[9]  optional: the reason of the `failover` event a merge may cause (default "merged after outage")
 --
--- Each cooldown is merged as until = max(stored, now + remaining): never shortened, never escalated;
+-- Each cooldown is merged as until = max(stored, now + remaining), kept when within MERGE_SLACK_MS (1 s) of
+-- the stored one: never shortened, never escalated;
 -- ejection counts by max(); a park only onto a member that is not parked. Members the pool no longer
 -- has are ignored. If the active member cannot serve afterwards the pointer moves (one `failover`
 -- event), or the pool is exhausted. Writes nothing when nothing changes.
@@ -18,6 +19,11 @@
 --   merged       how many cooldowns were extended
 --   restored     how many ejection counts and parks were brought back
 --   transitioned true when this call moved the pointer or exhausted the pool
+
+-- A deadline less than this past the stored one adds nothing: workers that remember one cooldown (after a
+-- lost or unreadable state) would otherwise each extend it by the milliseconds between their replies, and
+-- each write and notify.
+local MERGE_SLACK_MS = 1000
 
 local S, err = load()
 if not S then return err end
@@ -46,7 +52,7 @@ for _, item in ipairs(learned) do
   if type(id) == 'string' and S.pos[id] ~= nil and remaining ~= nil and remaining > 0 then
     local m = S.m[id]
     local new_until = S.now + math.floor(math.min(remaining, 100 * 365 * 86400000))
-    if new_until > m.cooling_until then
+    if new_until > m.cooling_until + MERGE_SLACK_MS then
       m.cooling_until = new_until
       set_member(S, id, 'cooling_until', new_until)
       if type(kind) == 'string' and kind ~= '' then

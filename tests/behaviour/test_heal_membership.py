@@ -122,3 +122,19 @@ def test_a_reader_heals_only_under_the_stored_membership(backend: Any) -> None:
     assert [m.id for m in snap.members] == ["k1", "k2", "k3"] and snap.healed_at is not None
     stored = _hash(backend)
     assert stored["members"] == "k1,k2,k3" and stored["revision"] == "2"
+
+
+def test_workers_remembering_one_cooldown_merge_it_once_over_an_unreadable_state(backend: Any) -> None:
+    workers = [backend.coordinator(cfg("k0,k1,k2")).pool("p") for _ in range(3)]
+    workers[0].report_failure(workers[0].acquire(), "quota_exhausted", retry_after=3600)
+    for worker in workers:
+        assert worker.acquire().member.id == "k1"  # each remembers k0's cooldown
+    state_key = backend.keys("p")[0]
+    backend.raw.delete(state_key)
+    backend.raw.rpush(state_key, "not a hash")
+    assert workers[0].acquire().member.id == "k1"  # heals (nothing readable) and merges what it knew
+    after_first = _hash(backend)
+    assert int(after_first["k0:cooling_until"]) > 0
+    for worker in workers[1:]:
+        assert worker.acquire().member.id == "k1"
+    assert _hash(backend) == after_first, "the later merges added nothing, wrote nothing"
