@@ -99,13 +99,7 @@ if found == nil then
 end
 
 -- Read what can be salvaged before deleting anything.
-local old = {}
-if redis.call('TYPE', KEYS[1]).ok == 'hash' then
-  local flat = redis.call('HGETALL', KEYS[1])
-  for i = 1, #flat, 2 do old[flat[i]] = flat[i + 1] end
-end
-local previous_epoch = old.epoch or ''
-if #previous_epoch > 64 or not string.match(previous_epoch, '^[%w%._:%-]*$') then previous_epoch = '' end
+local old, previous_epoch = read_previous()
 
 -- The stored membership, when it can be kept: readable, adding up to its own digest (so not edited by
 -- hand), with a readable revision. Returns the spec (JSON), its digest, its revision; nil otherwise.

@@ -20,13 +20,7 @@ if ARGV[4] == '' then return NEED_SPEC end
 local reason = ARGV[7]
 
 -- Read what can be salvaged before deleting anything.
-local old = {}
-if redis.call('TYPE', KEYS[1]).ok == 'hash' then
-  local flat = redis.call('HGETALL', KEYS[1])
-  for i = 1, #flat, 2 do old[flat[i]] = flat[i + 1] end
-end
-local previous_epoch = old.epoch or ''
-if #previous_epoch > 64 or not string.match(previous_epoch, '^[%w%._:%-]*$') then previous_epoch = '' end
+local old, previous_epoch = read_previous()
 
 local refused = check_acl({'DEL', KEYS[1], KEYS[2]})
 if refused then return refused end

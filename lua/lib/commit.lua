@@ -51,6 +51,19 @@ local function check_acl(...)
   return check_acl_for(false, ...)
 end
 
+-- What a script that replaces the whole state (reset, heal) can still read of the old one: the hash's
+-- fields (empty when KEYS[1] is not a hash) and its epoch, when that looks like one.
+local function read_previous()
+  local old = {}
+  if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+    local flat = redis.call('HGETALL', KEYS[1])
+    for i = 1, #flat, 2 do old[flat[i]] = flat[i + 1] end
+  end
+  local epoch = old.epoch or ''
+  if #epoch > 64 or not string.match(epoch, '^[%w%._:%-]*$') then epoch = '' end
+  return old, epoch
+end
+
 -- XADD * can fail on a stream whose last id is absurdly far ahead (the id space ends), and that
 -- would be after the state hash was written. Scripts' own ids are server milliseconds. Read only by
 -- a call that appends an event.

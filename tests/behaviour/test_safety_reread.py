@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,27 @@ class Clock:
 def stats(client: co.Coordinator) -> tuple[int, int]:
     found = client.client.info("commandstats")
     return (int(found.get("cmdstat_evalsha", {}).get("calls", 0)), int(found.get("cmdstat_hmget", {}).get("calls", 0)))
+
+
+async def _async_fleet(url: str, prefix: str, names: list[str]) -> tuple[co.AsyncCoordinator, Clock, list[Any]]:
+    """An AsyncCoordinator on ``names`` with a settable clock, every view learned while notices are heard."""
+    import asyncio
+
+    coord = co.AsyncCoordinator(url, [co.PoolConfig(name=n, members=[co.Member(id="a"), co.Member(id="b")])
+                                      for n in names], prefix=prefix, legacy_notices=False)
+    clock = Clock()
+    for name in names:
+        coord._codec(name).clock = clock
+    pools = [coord.pool(n) for n in names]
+    for pool in pools:
+        await pool.acquire()
+    deadline = time.monotonic() + 10
+    while not coord._codec(names[0]).view.health.ok:
+        assert time.monotonic() < deadline, "the notice subscription is up"
+        await asyncio.sleep(0.005)
+    for pool in pools:
+        await pool.acquire()
+    return coord, clock, pools
 
 
 @pytest.fixture(params=["redis", "cluster"])
@@ -74,20 +96,7 @@ def test_the_async_driver_re_reads_the_same_way(url: str) -> None:
     async def main() -> None:
         prefix = f"sra{uuid.uuid4().hex[:8]}"
         names = [f"p{i}" for i in range(4)]
-        coord = co.AsyncCoordinator(url, [co.PoolConfig(name=n, members=[co.Member(id="a"), co.Member(id="b")])
-                                          for n in names], prefix=prefix, legacy_notices=False)
-        clock = Clock()
-        for name in names:
-            coord._codec(name).clock = clock
-        pools = [coord.pool(n) for n in names]
-        for pool in pools:
-            await pool.acquire()
-        deadline = time.monotonic() + 10
-        while not coord._codec("p0").view.health.ok:
-            assert time.monotonic() < deadline, "the notice subscription is up"
-            await asyncio.sleep(0.005)
-        for pool in pools:
-            await pool.acquire()
+        coord, clock, pools = await _async_fleet(url, prefix, names)
         await coord.client.hincrby(co.KeySchema(prefix).pool("p1"), "version", 1)
         views = [coord._codec(n).view for n in names]
         clock.now += SAFETY_STALENESS
@@ -109,21 +118,7 @@ def test_concurrent_acquires_on_lapsed_views_share_one_re_read(redis_url: str) -
     async def main() -> None:
         prefix = f"srs{uuid.uuid4().hex[:8]}"
         names = [f"p{i}" for i in range(4)]
-        coord = co.AsyncCoordinator(redis_url, [co.PoolConfig(name=n, members=[co.Member(id="a"),
-                                                                               co.Member(id="b")])
-                                                for n in names], prefix=prefix, legacy_notices=False)
-        clock = Clock()
-        for name in names:
-            coord._codec(name).clock = clock
-        pools = [coord.pool(n) for n in names]
-        for pool in pools:
-            await pool.acquire()
-        deadline = time.monotonic() + 10
-        while not coord._codec("p0").view.health.ok:
-            assert time.monotonic() < deadline, "the notice subscription is up"
-            await asyncio.sleep(0.005)
-        for pool in pools:
-            await pool.acquire()
+        coord, clock, pools = await _async_fleet(redis_url, prefix, names)
         pipelines = 0
         real = coord.client.pipeline
 
