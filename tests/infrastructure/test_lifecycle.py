@@ -209,7 +209,7 @@ def test_a_user_without_subscribe_costs_one_log_line(redis_url: str, prefix: str
     admin = redis.Redis.from_url(redis_url, decode_responses=True)
     name, password = f"u{uuid.uuid4().hex[:6]}", uuid.uuid4().hex
     grants = [f"~{prefix}:{{*", f"&{prefix}:changes", f"&{prefix}:changes:{{*", "+evalsha", "+script|load", "+time",
-              "+hgetall", "+hmget", "+hstrlen", "+hset", "+hdel", "+xadd", "+xtrim", "+publish", "+xrevrange",
+              "+hgetall", "+hmget", "+hstrlen", "+hset", "+hdel", "+del", "+xadd", "+xtrim", "+publish", "+xrevrange",
               "+subscribe", "+type"]
     admin.execute_command("ACL", "SETUSER", name, "reset", "on", f">{password}", *grants)
     host = redis_url.split("://", 1)[1]
