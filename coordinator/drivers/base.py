@@ -174,7 +174,7 @@ def store_call(pools: Mapping[str, Any], action: Action) -> Callable[[], Any] | 
     if isinstance(action, Acquire):
         return lambda: pools[action.pool].acquire(recovery_probe=action.recovery_probe)
     if isinstance(action, ReadSnapshot):
-        return pools[action.pool].snapshot  # type: ignore[no-any-return]
+        return pools[action.pool].plan_snapshot  # type: ignore[no-any-return]
     if isinstance(action, ReportFailure):
         sel = action.selection
         return lambda: pools[sel.pool].report_failure(sel, action.kind, action.retry_after)

@@ -65,6 +65,10 @@ class Op(Generic[T]):
     parse: Callable[[dict[str, Any]], T]
     #: An operator's action: refused, never served locally, while Redis is unreachable.
     operator: bool = False
+    #: A read for someone who wants the truth (status, the exporter, the caller's ``snapshot()``): a
+    #: corrupt state that cannot be healed is reported, not served from the stand-in (docs/design.md,
+    #: "Corrupt state"). A call's own reads are served like the call.
+    reports_corruption: bool = False
 
 
 def _ms(seconds: float) -> str:
@@ -369,8 +373,8 @@ class PoolCodec:
         self.view.forget()
         return Result(**self._common(data))
 
-    def snapshot(self) -> Op[Snapshot]:
-        return Op("snapshot", self._keys, [], self._parse_snapshot)
+    def snapshot(self, reports_corruption: bool = True) -> Op[Snapshot]:
+        return Op("snapshot", self._keys, [], self._parse_snapshot, reports_corruption=reports_corruption)
 
     def _parse_snapshot(self, data: dict[str, Any]) -> Snapshot:
         now_ms = float(data.get("now", 0))

@@ -29,6 +29,7 @@ import httpx
 import pytest
 import redis
 from conftest import RedisServer
+from provider_errors import rate_limited
 
 import coordinator as co
 from coordinator.cli.main import main as cli_main
@@ -442,6 +443,22 @@ def test_a_missing_permission_fails_before_any_write(acl_server: RedisServer, ad
         for _ in range(5):
             assert pool.acquire().epoch.startswith("local")
         assert admin.info("commandstats")["cmdstat_evalsha"]["calls"] == scripts_run, "no Redis call per call"
+        # Within the window the stand-in keeps what the calls report: a member cooled there stays
+        # cooled, and a call whose first member fails is served by the next (the plan's own reads of
+        # the pool are served like the call, never refused because the state is corrupt).
+        first = pool.acquire()
+        assert pool.report_failure(first, "rate_limited", retry_after=60).cooled
+        assert pool.acquire().member.id != first.member.id, "the local cooldown holds for the next call"
+        tried: list[str] = []
+
+        def fails_on_the_active(member: co.Member) -> str:
+            tried.append(member.id)
+            if len(tried) == 1:
+                raise rate_limited(60)
+            return member.id
+
+        served = coord.call("openai", fails_on_the_active)
+        assert served == tried[-1] and len(tried) == 2 and tried[0] != tried[1], tried
         with pytest.raises(co.StoreMisconfiguredError, match="park was not applied"):
             pool.park("acct-3")
         sel = other.acquire()

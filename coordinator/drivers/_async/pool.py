@@ -104,6 +104,11 @@ class AsyncPool:
     async def snapshot(self) -> Snapshot:
         return await self._run(self._codec.snapshot())
 
+    async def plan_snapshot(self) -> Snapshot:
+        """The snapshot a call's plan reads: served like the call (by the stand-in while the pool's
+        corrupt state cannot be healed), where ``snapshot()`` reports the corruption."""
+        return await self._run(self._codec.snapshot(reports_corruption=False))
+
     async def events(self, limit: int = 100, *, since: float | None = None) -> list[FailoverEvent]:
         """The newest ``limit`` events (written at or after ``since``, unix seconds), oldest first."""
         self._enter()

@@ -105,6 +105,11 @@ class Pool:
     def snapshot(self) -> Snapshot:
         return self._run(self._codec.snapshot())
 
+    def plan_snapshot(self) -> Snapshot:
+        """The snapshot a call's plan reads: served like the call (by the stand-in while the pool's
+        corrupt state cannot be healed), where ``snapshot()`` reports the corruption."""
+        return self._run(self._codec.snapshot(reports_corruption=False))
+
     def events(self, limit: int = 100, *, since: float | None = None) -> list[FailoverEvent]:
         """The newest ``limit`` events (written at or after ``since``, unix seconds), oldest first."""
         self._enter()

@@ -112,10 +112,11 @@ class Store:
         return data
 
     def run(self, codec: PoolCodec, op: Op[T]) -> T:
-        if (not op.operator and op.script != "snapshot" and self.local_fallback
+        if (not op.operator and not op.reports_corruption and self.local_fallback
                 and self._unhealable.get(codec.name, 0.0) > time.monotonic()):
-            # Corrupt, and its heal refused or failed a moment ago: served locally until the pool's retry.
-            return op.parse(self._run_corrupt_locally(codec, op))
+            # Corrupt, and its heal refused or failed a moment ago: served locally until the pool's retry,
+            # by one stand-in that keeps what this window's calls report.
+            return op.parse(self._run_local(codec, op))
         if self.breaker.allow():
             try:
                 if self.breaker.open:  # this call is the probe: bring Redis up to date before using it
@@ -126,8 +127,8 @@ class Store:
                 found = exc.found if isinstance(exc, HealRefused) else corruption(codec, exc)
                 if found is None:
                     self._down(codec, op, exc)
-                elif op.operator or op.script == "snapshot" or not self.local_fallback:
-                    # An operator action is never served locally; a snapshot says the state is corrupt.
+                elif op.operator or op.reports_corruption or not self.local_fallback:
+                    # An operator action is never served locally; a snapshot asked for says it is corrupt.
                     if isinstance(exc, HealRefused):
                         raise self._refusal(codec, op, exc.trouble) from exc.cause
                     if isinstance(exc, redis.RedisError):
@@ -136,21 +137,18 @@ class Store:
                 else:  # corrupt, and not healed (see _call_healing): this pool is served locally for a while
                     self._say_corrupt(codec, found, exc.cause if isinstance(exc, HealRefused) else exc)
                     self._unhealable[codec.name] = time.monotonic() + self.breaker.probe_interval
-                    return op.parse(self._run_corrupt_locally(codec, op))
+                    self.last_known.seeded.discard(codec.name)  # the window's stand-in starts from the last truth
+                    return op.parse(self._run_local(codec, op))
             else:
                 self._up()
                 self._corrupt.discard(codec.name)
-                self._unhealable.pop(codec.name, None)
+                if self._unhealable.pop(codec.name, None) is not None:
+                    self.last_known.seeded.discard(codec.name)  # a later outage seeds from this reply
                 self.last_known.remember(codec.name, data)
                 return op.parse(data)
         elif op.operator or not self.local_fallback:
             raise self._refusal(codec, op, self.trouble or Trouble("Redis is unreachable"))
         return op.parse(self._run_local(codec, op))
-
-    def _run_corrupt_locally(self, codec: PoolCodec, op: Op[Any]) -> dict[str, Any]:
-        data = self._run_local(codec, op)
-        self.last_known.seeded.discard(codec.name)  # the next local call starts afresh
-        return data
 
     def _run_local(self, codec: PoolCodec, op: Op[Any]) -> dict[str, Any]:
         with self._local_lock:
