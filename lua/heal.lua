@@ -219,8 +219,10 @@ if skip > now then
   S.set.skip_until = skip
 end
 
+-- "nothing readable" (the old key was not a hash) tells the other workers to merge what they remember
+-- (store.py, _origin); a readable state whose members were all at rest kept nothing and needs no merge.
 local fields = {reason = 'corrupt state: ' .. string.sub(found, 1, 300) .. '; kept the state of ' .. kept ..
-                         ' member(s)'}
+                         ' member(s)' .. (next(old) == nil and '; nothing readable' or '')}
 if S.strategy ~= 'round_robin' then
   local previous = old.active
   local id = nil

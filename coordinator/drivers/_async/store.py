@@ -312,12 +312,12 @@ class AsyncStore:
 
     async def _origin(self, codec: PoolCodec, epoch: str) -> str:
         """``reset`` when an operator's reset made ``epoch`` (then what was known is meant to be forgotten),
-        ``healed`` when a heal of a corrupt state did (``healed unread`` when it could keep no member's
-        state: heal.lua's reason says how many it kept), else "" (the state was lost)."""
+        ``healed`` when a heal of a corrupt state did (``healed unread`` when nothing of the old state was
+        readable: heal.lua's reason says so), else "" (the state was lost)."""
         entries = await self.client.xrevrange(codec.events_key, max="+", min="-", count=20)
         for _, fields in entries or []:
             if (fields or {}).get("epoch") == epoch and (fields or {}).get("type") in ("reset", "healed"):
-                if fields["type"] == "healed" and "kept the state of 0 member(s)" in str(fields.get("reason")):
+                if fields["type"] == "healed" and str(fields.get("reason")).endswith("; nothing readable"):
                     return "healed unread"
                 return str(fields["type"])
         return ""
