@@ -85,6 +85,16 @@ class _Decision:
     turn: Iterator[int] = field(default_factory=itertools.count)
 
 
+@dataclass(frozen=True)
+class _Served:
+    """One success noted on a member: when (server seconds), by which attempt, and what it replaced."""
+
+    at: float
+    attempt: object = None
+    #: The note it replaced (itself without one), restored when this one is withdrawn.
+    before: _Served | None = None
+
+
 class PoolView:
     """Reusable acquire decisions for one pool, dropped by newer versions and by age."""
 
@@ -104,7 +114,7 @@ class PoolView:
         self.misses = 0
         #: Per member: server seconds of this worker's last success there since its last failure
         #: report there (docs/design.md, "Failure counts"); sent with the next failure report.
-        self._served: dict[str, float] = {}
+        self._served: dict[str, _Served] = {}
 
     # -- learning --------------------------------------------------------------------------------
 
@@ -145,25 +155,38 @@ class PoolView:
                                        frozenset(hint.dirty), now + SAFETY_STALENESS, now + self.staleness,
                                        self._offset)
 
-    def note_success(self, member_id: str, now: float) -> None:
-        """A request on ``member_id`` succeeded at local time ``now`` (reported or not)."""
-        if self._offset is not None:
-            self._served[member_id] = now + self._offset
+    def note_success(self, member_id: str, now: float, attempt: object = None) -> None:
+        """A request on ``member_id`` succeeded at local time ``now`` (reported or not). ``attempt``
+        (the attempt's ``Selection`` object) names the success, so that ``withdraw_success`` can take
+        back exactly it; a second note of the same attempt replaces its first."""
+        if self._offset is None:
+            return
+        before = self._served.get(member_id)
+        if before is not None and attempt is not None and before.attempt is attempt:
+            before = before.before
+        elif before is not None and before.before is not None:
+            before = _Served(before.at, before.attempt)  # one level kept: nothing older is ever restored
+        self._served[member_id] = _Served(now + self._offset, attempt, before)
 
-    def served_mark(self, member_id: str) -> float | None:
-        """The success noted last on ``member_id`` (server seconds), or None: what ``withdraw_success``
-        takes back when the request that noted it turns out to have failed (a stream that broke later)."""
-        return self._served.get(member_id)
-
-    def withdraw_success(self, member_id: str, mark: float) -> None:
-        """Forgets the success ``mark`` on ``member_id`` unless a later one was noted since."""
-        if self._served.get(member_id) == mark:
+    def withdraw_success(self, member_id: str, attempt: object) -> bool:
+        """Takes back the success ``attempt`` noted on ``member_id`` (a stream whose hand-over was a
+        success broke later), restoring what was noted there before it: only while it is the last
+        success noted there (a later one is genuine, or taken back by its own attempt). True when it
+        was taken back."""
+        current = self._served.get(member_id)
+        if current is None or attempt is None or current.attempt is not attempt:
+            return False
+        if current.before is None:
             del self._served[member_id]
+        else:
+            self._served[member_id] = current.before
+        return True
 
     def take_served(self, member_id: str) -> float:
         """Server seconds of the last success on ``member_id`` since the last failure report there
         (0.0 when none), for the failure report being sent now; the next one starts afresh."""
-        return self._served.pop(member_id, 0.0)
+        served = self._served.pop(member_id, None)
+        return 0.0 if served is None else served.at
 
     def confirm(self, epoch: str, version: int, now: float) -> bool:
         """The safety re-read (the pool hash's ``epoch`` and ``version``): when they are still the

@@ -307,13 +307,13 @@ class PoolCodec:
         None when it must be reported (``report_success()``)."""
         self._check_selection(selection)
         now = self.clock()
-        self.view.note_success(selection.member.id, now)
+        self.view.note_success(selection.member.id, now, selection)
         quiet = self.view.quiet_success(selection, now)
         return None if quiet is None else self._parse_success(quiet)
 
     def report_success(self, selection: Selection) -> Op[SuccessResult]:
         self._check_selection(selection)
-        self.view.note_success(selection.member.id, self.clock())
+        self.view.note_success(selection.member.id, self.clock(), selection)
         args = [selection.member.id, selection.epoch, str(selection.generation), selection.lease]
         return Op("report_success", self._keys, args, self._parse_success)
 

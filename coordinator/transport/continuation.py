@@ -115,27 +115,16 @@ def recovery(call: _Call, response: Any, after: Resuming | None) -> Any:
     return (_AsyncResume if call.coordinator.is_async else _SyncResume)(call, response)
 
 
-def mark_served(coordinator: Any, response: Any) -> None:
-    """Remembers on a handed-over stream's guard the success its hand-over noted, so that a break
-    takes it back: the request failed after all, and its report must not restart the failure count."""
-    stream = getattr(response, "stream", None)
-    if coordinator is None or not isinstance(stream, _GuardedStream):
-        return
-    state = stream.current.state
-    try:
-        state.served = coordinator.pool(state.pool).served_mark(state.member)
-    except Exception as exc:  # bookkeeping only: the stream is the caller's either way
-        _log.warning("pool %r: reading the success noted for %r failed: %s", state.pool, state.member, exc)
-
-
 def _withdraw(coordinator: Any, state: GuardState) -> None:
-    if state.served is None:
+    """Takes back the success the hand-over of ``state``'s stream noted (docs/design.md, "Failure
+    counts"): the request failed after all, and the report about to be sent must not restart the
+    failure count on its account. Only that attempt's own success is taken back."""
+    if state.selection is None:
         return
     try:
-        coordinator.pool(state.pool).withdraw_success(state.member, state.served)
-    except Exception as exc:
+        coordinator.pool(state.pool).withdraw_success(state.selection)
+    except Exception as exc:  # bookkeeping only: the caller's error is the stream's
         _log.warning("pool %r: taking back the success of %r failed: %s", state.pool, state.member, exc)
-    state.served = None
 
 
 # -- one break ---------------------------------------------------------------------------------------
@@ -307,7 +296,6 @@ class _Resume:
                 "not an event stream"))
             return None
         self._record(job, prefill)
-        mark_served(self.coordinator, response)
         return stream.current
 
     @staticmethod
@@ -430,5 +418,4 @@ class _AsyncResume(_Resume):
         return await self.call.aguard(response, member, after=self._resuming(job, prefill))
 
 
-__all__: Sequence[str] = ("CannotContinueError", "PrefillRefusedError", "Resuming", "guard_options", "mark_served",
-                           "recovery")
+__all__: Sequence[str] = ("CannotContinueError", "PrefillRefusedError", "Resuming", "guard_options", "recovery")

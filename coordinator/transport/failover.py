@@ -439,7 +439,6 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         try:
             response = coordinator.call(call.pools, attempt, classifier=call.classify, deadline=call.deadline,
                                         **self._options)
-            continuation.mark_served(coordinator, response)
         except (NotReplayableError, DeadlineReachedError, AllMembersFailedError) as exc:
             return call.fallback(exc)
         finally:
@@ -462,7 +461,6 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         try:
             response = await coordinator.call(call.pools, attempt, classifier=call.classify, deadline=call.deadline,
                                               **self._options)
-            continuation.mark_served(coordinator, response)
         except (NotReplayableError, DeadlineReachedError, AllMembersFailedError) as exc:
             return call.fallback(exc)
         finally:

@@ -70,9 +70,6 @@ class GuardState:
         self.splice = splice
         #: The selection the attempt that opened this stream was made under: a break is reported under it.
         self.selection = selection
-        #: The success the hand-over of this stream noted in the pool's local view (``served_mark``),
-        #: taken back when the stream breaks (docs/design.md, "Failure counts"); None: none known.
-        self.served: float | None = None
         #: The failure found after the events delivered before it; raised once they are out.
         self.failed: StreamInterruptedError | None = None
         self._framer = SseFramer()

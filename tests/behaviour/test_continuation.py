@@ -409,3 +409,53 @@ def test_a_candidate_that_answers_with_a_2xx_that_is_no_event_stream_leaves_the_
     assert info.value.member == "claude-1"
     assert any("HTTP 200 'application/json'" in note for note in info.value.__notes__)
     assert upstream.prefills(B) == ["Hello from"] and upstream.stats.statuses[(B, 200)] == 1
+
+
+# -- the hand-over's success and the break's report (docs/design.md, "Failure counts") ---------------
+
+KWARGS = {"model": "claude-test", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
+
+
+def test_a_success_noted_while_a_hand_over_is_reported_is_not_taken_back_by_the_break(upstream):
+    """Task B's stream is handed over and its success goes to Redis; while B awaits the reply, task A
+    succeeds on the same member. B's break later takes back B's success only: A served, so the break's
+    report restarts the failure count that another worker's failure had started meanwhile."""
+    upstream.set(A, "cut", events=4)
+    url = f"memory://{uuid.uuid4().hex}"
+    cfg = claude_pool("claude", A, B, continuation="off", cooldown=co.CooldownPolicy(transient_threshold=3))
+
+    async def scenario():
+        coord, other = co.AsyncCoordinator(url, [cfg]), co.AsyncCoordinator(url, [cfg])
+        ours, theirs = coord.pool("claude"), other.pool("claude")
+        await theirs.report_failure(await theirs.acquire(), "transient")  # dirty: B's success is reported
+        in_gap, go_on = asyncio.Event(), asyncio.Event()
+        send = ours._run
+
+        async def held(op):  # B's report_success answers only once A has served
+            result = await send(op)
+            if op.script == "report_success" and not in_gap.is_set():
+                in_gap.set()
+                await go_on.wait()
+            return result
+
+        ours._run = held
+        client = claude_client(coord, upstream, "claude")
+
+        async def stream_b():
+            async with client.messages.stream(**KWARGS) as s:
+                async for _ in s:
+                    pass
+
+        b = asyncio.ensure_future(stream_b())
+        await in_gap.wait()
+        assert await coord.call("claude", lambda member: member.id) == "claude-1"  # A served there
+        counted = await theirs.report_failure(await theirs.acquire(), "transient")
+        assert counted.failures == 1
+        go_on.set()
+        with pytest.raises(co.StreamInterruptedError):
+            await b
+        return await ours.snapshot()
+
+    state = run(scenario()).member("claude-1")
+    assert tries(upstream, A) == 1
+    assert (state.failures, state.cooling_kind) == (1, ""), "A's success restarted the count at B's break"

@@ -256,3 +256,50 @@ def test_a_re_read_never_extends_past_the_decisions_own_bound() -> None:
     assert view.confirm("e1", 7, now=lapse)
     assert view.selection(lapse + 9) is not None
     assert view.selection(lapse + 10) is None and not view.due(lapse + 10, 0.0)
+
+
+def test_withdrawing_a_broken_streams_success_restores_the_success_before_it() -> None:
+    view = learned()
+    request, stream = object(), object()
+    view.note_success("a", now=101.0, attempt=request)  # a request that succeeded
+    view.note_success("a", now=102.0, attempt=stream)  # a stream's hand-over, which later breaks
+    assert view.withdraw_success("a", stream)
+    assert view.take_served("a") == pytest.approx(SERVER_MS / 1000.0 + 1.0), "the request still served"
+
+
+def test_a_success_withdrawn_with_nothing_before_it_leaves_none() -> None:
+    view = learned()
+    stream = object()
+    view.note_success("a", now=102.0, attempt=stream)
+    assert view.withdraw_success("a", stream)
+    assert view.take_served("a") == 0.0
+
+
+def test_only_the_attempt_that_noted_the_last_success_can_withdraw_it() -> None:
+    view = learned()
+    stream, later = object(), object()
+    view.note_success("a", now=101.0, attempt=stream)
+    view.note_success("a", now=102.0, attempt=later)  # served after the stream's hand-over: genuine
+    assert not view.withdraw_success("a", stream)
+    assert not view.withdraw_success("b", later), "another member's success is its own"
+    assert view.take_served("a") == pytest.approx(SERVER_MS / 1000.0 + 2.0)
+
+
+def test_an_attempt_noted_twice_is_one_success_to_withdraw() -> None:
+    view = learned()
+    request, stream = object(), object()
+    view.note_success("a", now=101.0, attempt=request)
+    view.note_success("a", now=102.0, attempt=stream)  # the happy path's note, then the plan's report
+    view.note_success("a", now=102.5, attempt=stream)
+    assert view.withdraw_success("a", stream)
+    assert view.take_served("a") == pytest.approx(SERVER_MS / 1000.0 + 1.0)
+
+
+def test_a_restored_success_can_still_be_withdrawn_by_its_own_attempt() -> None:
+    view = learned()
+    first, second = object(), object()
+    view.note_success("a", now=101.0, attempt=first)
+    view.note_success("a", now=102.0, attempt=second)
+    assert view.withdraw_success("a", second)
+    assert view.withdraw_success("a", first), "a second stream that broke too"
+    assert view.take_served("a") == 0.0

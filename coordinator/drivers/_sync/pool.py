@@ -65,20 +65,17 @@ class Pool:
         codec = self._codec
         return codec.view.selection(codec.clock())
 
-    def served_mark(self, member_id: str) -> float | None:
-        """The local view's note of the last success on ``member_id`` (a stream's hand-over, say), for
-        ``withdraw_success`` when that stream breaks later (docs/design.md, "Failure counts")."""
-        return self._codec.view.served_mark(member_id)
-
-    def withdraw_success(self, member_id: str, mark: float) -> None:
-        """Takes back the success ``mark`` (from ``served_mark``) unless a later one was noted since."""
-        self._codec.view.withdraw_success(member_id, mark)
+    def withdraw_success(self, selection: Selection) -> bool:
+        """Takes back the success noted for the attempt made under ``selection`` (a stream's hand-over,
+        when the stream breaks later; docs/design.md, "Failure counts") while it is the last success
+        noted on its member; True when it was taken back."""
+        return self._codec.view.withdraw_success(selection.member.id, selection)
 
     def quiet_success(self, selection: Selection) -> bool:
         """True when a success of ``selection`` changes nothing in Redis, as far as the view knows."""
         codec = self._codec
         now = codec.clock()
-        codec.view.note_success(selection.member.id, now)
+        codec.view.note_success(selection.member.id, now, selection)
         return codec.view.quiet_decision(selection, now) is not None
 
     def report_failure(self, selection: Selection, kind: str, retry_after: float | None = None) -> FailureResult:
