@@ -248,7 +248,6 @@ class _Resume:
         extensions["tried"] = list(call.tried)
 
     def _start(self, error: StreamInterruptedError, state: GuardState) -> _Break:
-        _withdraw(self.coordinator, state)  # before any report of the break, the plan's included
         if error.pool is not None and error.member is not None:
             self.broken.add((error.pool, error.member))
         return _Break(error, state)
@@ -259,6 +258,8 @@ class _Resume:
         pool = self.call.owners[id(member)]
         if (pool.name, member.id) != (job.error.pool, job.error.member):
             return False
+        if self._failure(job) is not None:  # the plan reports it now: the hand-over's success is void
+            _withdraw(self.coordinator, job.state)
         job.reported = True
         return True
 
@@ -340,6 +341,7 @@ class _SyncResume(_Resume):
         if found is None:
             return
         handle, pool, selection, failure, hint = found
+        _withdraw(self.coordinator, job.state)  # right before the report: none is sent without one
         try:
             result = handle.report_failure(selection, failure.kind, hint)
         except Exception as exc:
@@ -394,6 +396,7 @@ class _AsyncResume(_Resume):
         if found is None:
             return
         handle, pool, selection, failure, hint = found
+        _withdraw(self.coordinator, job.state)  # right before the report: none is sent without one
         try:
             result = await handle.report_failure(selection, failure.kind, hint)
         except Exception as exc:

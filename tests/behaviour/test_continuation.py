@@ -459,3 +459,51 @@ def test_a_success_noted_while_a_hand_over_is_reported_is_not_taken_back_by_the_
     state = run(scenario()).member("claude-1")
     assert tries(upstream, A) == 1
     assert (state.failures, state.cooling_kind) == (1, ""), "A's success restarted the count at B's break"
+
+
+def _coordinators(url, cfg, is_async, **options):
+    """Two workers on one store: ours (with ``options``) and another."""
+    if not is_async:
+        return co.Coordinator(url, [cfg], **options), co.Coordinator(url, [cfg])
+
+    async def build():
+        return co.AsyncCoordinator(url, [cfg], **options), co.AsyncCoordinator(url, [cfg])
+
+    return run(build())
+
+
+def _stream(client, is_async):
+    async def consume():
+        async with client.messages.stream(**KWARGS) as s:
+            async for _ in s:
+                pass
+
+    def consume_sync():
+        with client.messages.stream(**KWARGS) as s:
+            for _ in s:
+                pass
+
+    return run(consume()) if is_async else consume_sync()
+
+
+def _caller_error(error):
+    if isinstance(error, co.StreamInterruptedError):
+        return co.Failure(kind="request", message="the caller's own doing")
+    return None
+
+
+@MODES
+def test_a_break_that_is_not_reported_keeps_its_hand_overs_success(upstream, is_async):
+    """The coordinator's classifier says the break is no cooling failure: nothing is reported, so
+    nothing is taken back. The member served (as far as the fleet will ever hear), and this worker's
+    next failure report there restarts the run another worker's failure had started."""
+    upstream.set(A, "cut", events=4)
+    cfg = claude_pool("claude", A, B, continuation="off", cooldown=co.CooldownPolicy(transient_threshold=3))
+    coord, other = _coordinators(f"memory://{uuid.uuid4().hex}", cfg, is_async, classifier=_caller_error)
+    with pytest.raises(co.StreamInterruptedError):
+        _stream(claude_client(coord, upstream, "claude"), is_async)
+    theirs, ours = other.pool("claude"), coord.pool("claude")
+    assert run(theirs.report_failure(run(theirs.acquire()), "transient")).failures == 1
+    result = run(ours.report_failure(run(ours.acquire()), "transient"))
+    assert tries(upstream, A) == 1
+    assert (result.failures, result.cooled) == (1, False), "the stream's success restarted the count"
