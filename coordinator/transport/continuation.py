@@ -200,6 +200,8 @@ class _Resume:
         pool, member, failure, hint = found
         selection = self._selection(job, member)
         if selection is None:
+            _log.debug("pool %r: the break of %r's stream is not reported: its attempt's token is not known",
+                       pool.name, member.id)
             return None
         try:
             handle = self.coordinator.pool(pool.name)

@@ -507,3 +507,21 @@ def test_a_break_that_is_not_reported_keeps_its_hand_overs_success(upstream, is_
     result = run(ours.report_failure(run(ours.acquire()), "transient"))
     assert tries(upstream, A) == 1
     assert (result.failures, result.cooled) == (1, False), "the stream's success restarted the count"
+
+
+def test_a_break_whose_attempts_token_is_unknown_is_logged_not_reported(upstream, monkeypatch, caplog):
+    """A transport used by a caller that does not say its attempts' tokens (``ATTEMPT_SELECTION``
+    never set): the break cannot be reported under its own token, so it is not; a DEBUG line says so."""
+    from contextvars import ContextVar
+
+    import coordinator.transport.failover as failover
+
+    monkeypatch.setattr(failover, "ATTEMPT_SELECTION", ContextVar("never_set", default=None))
+    upstream.set(A, "cut", events=4)
+    coord = coordinator(claude_pool("claude", A, B, continuation="off",
+                                    cooldown=co.CooldownPolicy(transient_threshold=1)))
+    with caplog.at_level("DEBUG", logger="coordinator.transport"), pytest.raises(co.StreamInterruptedError):
+        _stream(claude_client(coord, upstream, "claude"), False)
+    assert (coord.pool("claude").snapshot().member("claude-1").failures, tries(upstream, A)) == (0, 1)
+    said = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG" and r.name == "coordinator.transport"]
+    assert any("'claude'" in line and "'claude-1'" in line and "not reported" in line for line in said)
