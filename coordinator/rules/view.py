@@ -115,6 +115,9 @@ class PoolView:
         #: Per member: server seconds of this worker's last success there since its last failure
         #: report there (docs/design.md, "Failure counts"); sent with the next failure report.
         self._served: dict[str, _Served] = {}
+        #: Per member: the last success there that made a transition (a probe passed, a failback), as
+        #: its attempt and the (epoch, generation) of its reply.
+        self._moved: dict[str, tuple[object, str, int]] = {}
 
     # -- learning --------------------------------------------------------------------------------
 
@@ -181,6 +184,19 @@ class PoolView:
         else:
             self._served[member_id] = current.before
         return True
+
+    def note_moved(self, member_id: str, attempt: object, epoch: str, generation: int) -> None:
+        """The success of ``attempt`` on ``member_id`` made a transition; its reply's token is kept."""
+        self._moved[member_id] = (attempt, epoch, generation)
+
+    def moved_token(self, member_id: str, attempt: object) -> tuple[str, int] | None:
+        """The (epoch, generation) the success of ``attempt`` moved the pool to, when it made a
+        transition and no later one on ``member_id`` did (None otherwise): a stream whose hand-over
+        that success was reports its break under it, the token its member is used under since."""
+        moved = self._moved.get(member_id)
+        if moved is None or attempt is None or moved[0] is not attempt:
+            return None
+        return moved[1], moved[2]
 
     def take_served(self, member_id: str) -> float:
         """Server seconds of the last success on ``member_id`` since the last failure report there

@@ -315,11 +315,16 @@ class PoolCodec:
         self._check_selection(selection)
         self.view.note_success(selection.member.id, self.clock(), selection)
         args = [selection.member.id, selection.epoch, str(selection.generation), selection.lease]
-        return Op("report_success", self._keys, args, self._parse_success)
+        return Op("report_success", self._keys, args, lambda data: self._parse_success(data, selection))
 
-    def _parse_success(self, data: dict[str, Any]) -> SuccessResult:
+    def _parse_success(self, data: dict[str, Any], selection: Selection | None = None) -> SuccessResult:
         self.view.observe(data)
-        return SuccessResult(**self._common(data), reset=bool(data.get("reset")))
+        result = SuccessResult(**self._common(data), reset=bool(data.get("reset")))
+        if selection is not None and result.transitioned:
+            # This success moved the pool on (a probe passed, a failback): its token is the one the
+            # attempt's member is used under now, for a stream whose hand-over it was to report a break.
+            self.view.note_moved(selection.member.id, selection, result.epoch, result.generation)
+        return result
 
     def park(self, member_id: str, seconds: float | None, reason: str) -> Op[ParkResult]:
         self.member_id(member_id)

@@ -198,15 +198,15 @@ class _Resume:
         if found is None:
             return None
         pool, member, failure, hint = found
-        selection = self._selection(job, member)
-        if selection is None:
-            _log.debug("pool %r: the break of %r's stream is not reported: its attempt's token is not known",
-                       pool.name, member.id)
-            return None
         try:
             handle = self.coordinator.pool(pool.name)
         except Exception as exc:
             self._report_failed(pool, member, exc)
+            return None
+        selection = self._selection(job, member, handle)
+        if selection is None:
+            _log.debug("pool %r: the break of %r's stream is not reported: its attempt's token is not known",
+                       pool.name, member.id)
             return None
         return handle, pool, selection, failure, hint
 
@@ -216,15 +216,19 @@ class _Resume:
         _log.warning("pool %r: reporting the broken stream of %r failed: %s", pool.name, member.id, exc)
 
     @staticmethod
-    def _selection(job: _Break, member: Member) -> Selection | None:
+    def _selection(job: _Break, member: Member, handle: Any) -> Selection | None:
         """The token the break is reported under: the one its attempt was made under (docs/design.md,
-        "Tokens and exactly-once events"), as a plain failure report (its probe lease, if any, was
-        spent on the hand-over's success). None when the attempt's selection is not known."""
+        "Tokens and exactly-once events"), or the one the hand-over's own success moved the pool to
+        when it made a transition (a probe passed, a failback: the member is used under that one
+        since), as a plain failure report (its probe lease, if any, was spent on the hand-over's
+        success). None when the attempt's selection is not known."""
         local = job.state.selection
         if local is None or local.member.id != member.id:
             return None
-        return replace(local, member=member, lease="", degraded=False, probing=False, transitioned=False,
-                       events=())
+        moved = handle.moved_token(local)
+        epoch, generation = (local.epoch, local.generation) if moved is None else moved
+        return replace(local, member=member, epoch=epoch, generation=generation, lease="", degraded=False,
+                       probing=False, transitioned=False, events=())
 
     def _notify(self, pool: PoolConfig, selection: Selection, kind: str, result: Any) -> None:
         if result.transitioned and self.coordinator.hooks:

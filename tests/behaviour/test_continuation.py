@@ -525,3 +525,25 @@ def test_a_break_whose_attempts_token_is_unknown_is_logged_not_reported(upstream
     assert (coord.pool("claude").snapshot().member("claude-1").failures, tries(upstream, A)) == (0, 1)
     said = [r.getMessage() for r in caplog.records if r.levelname == "DEBUG" and r.name == "coordinator.transport"]
     assert any("'claude'" in line and "'claude-1'" in line and "not reported" in line for line in said)
+
+
+def test_a_member_that_passed_its_probe_by_a_stream_that_broke_is_cooled_again(upstream):
+    """Priority failback: claude-1's half-open probe is a stream; its hand-over's success fails back
+    (a new generation). The stream then breaks: the break is reported under the token of that success
+    (the one claude-1 is active under now), not the probe's older one, so it is not stale and
+    claude-1, which has not served after all, is cooled again."""
+    from helpers import fast_policy, wait_until_available
+
+    upstream.set(A, "cut", events=4)
+    coord = coordinator(claude_pool("claude", A, B, strategy="priority", continuation="off",
+                                    cooldown=fast_policy(transient_threshold=1, transient=30.0)))
+    pool = coord.pool("claude")
+    pool.report_failure(pool.acquire(), "rate_limited", retry_after=0.03)
+    assert pool.snapshot().active == "claude-2"
+    wait_until_available(pool, "claude-1")
+    with pytest.raises(co.StreamInterruptedError) as info:
+        _stream(claude_client(coord, upstream, "claude"), False)
+    assert info.value.member == "claude-1" and tries(upstream, A) == 1
+    snap = pool.snapshot()
+    assert snap.member("claude-1").cooling_kind == "transient", "the break counted"
+    assert snap.active == "claude-2"

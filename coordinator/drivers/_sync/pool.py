@@ -71,6 +71,12 @@ class Pool:
         noted on its member; True when it was taken back."""
         return self._codec.view.withdraw_success(selection.member.id, selection)
 
+    def moved_token(self, selection: Selection) -> tuple[str, int] | None:
+        """The (epoch, generation) the success of the attempt made under ``selection`` moved the pool to,
+        when it made a transition (a probe passed, a failback); None otherwise. A stream whose hand-over
+        it was reports a later break under it (docs/design.md, "Continuation")."""
+        return self._codec.view.moved_token(selection.member.id, selection)
+
     def quiet_success(self, selection: Selection) -> bool:
         """True when a success of ``selection`` changes nothing in Redis, as far as the view knows."""
         codec = self._codec
