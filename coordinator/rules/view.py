@@ -85,9 +85,10 @@ class _Decision:
     turn: Iterator[int] = field(default_factory=itertools.count)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Served:
-    """One success noted on a member: when (server seconds), by which attempt, and what it replaced."""
+    """One success noted on a member: when (server seconds), by which attempt, and what it replaced.
+    Never changed once made (not frozen: one is made per success, on the happy path too)."""
 
     at: float
     attempt: object = None
