@@ -417,17 +417,19 @@ KWARGS = {"model": "claude-test", "max_tokens": 10, "messages": [{"role": "user"
 
 
 def test_a_success_noted_while_a_hand_over_is_reported_is_not_taken_back_by_the_break(upstream):
-    """Task B's stream is handed over and its success goes to Redis; while B awaits the reply, task A
-    succeeds on the same member. B's break later takes back B's success only: A served, so the break's
-    report restarts the failure count that another worker's failure had started meanwhile."""
+    """Task B's stream is handed over and its success goes to Redis; while B awaits the reply, a
+    failure report of ours there goes out and then task A succeeds on the same member. B's break later
+    takes back B's success only, never A's: A served, so the break's report restarts the failure count
+    that another worker's failure had started meanwhile."""
     upstream.set(A, "cut", events=4)
     url = f"memory://{uuid.uuid4().hex}"
     cfg = claude_pool("claude", A, B, continuation="off", cooldown=co.CooldownPolicy(transient_threshold=3))
 
     async def scenario():
-        coord, other = co.AsyncCoordinator(url, [cfg]), co.AsyncCoordinator(url, [cfg])
+        # Staleness 0: no decision is reused, so every success of ours is reported to Redis.
+        coord, other = co.AsyncCoordinator(url, [cfg], staleness=0), co.AsyncCoordinator(url, [cfg])
         ours, theirs = coord.pool("claude"), other.pool("claude")
-        await theirs.report_failure(await theirs.acquire(), "transient")  # dirty: B's success is reported
+        await theirs.report_failure(await theirs.acquire(), "transient")
         in_gap, go_on = asyncio.Event(), asyncio.Event()
         send = ours._run
 
@@ -448,6 +450,8 @@ def test_a_success_noted_while_a_hand_over_is_reported_is_not_taken_back_by_the_
 
         b = asyncio.ensure_future(stream_b())
         await in_gap.wait()
+        # Our own failure report there takes B's success with it: nothing is noted before A's now.
+        await ours.report_failure(await ours.acquire(), "transient")
         assert await coord.call("claude", lambda member: member.id) == "claude-1"  # A served there
         counted = await theirs.report_failure(await theirs.acquire(), "transient")
         assert counted.failures == 1
