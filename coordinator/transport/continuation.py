@@ -225,7 +225,8 @@ class _Resume:
         local = job.state.selection
         if local is None or local.member.id != member.id:
             return None
-        moved = handle.moved_token(local)
+        moved_token = getattr(handle, "moved_token", None)  # a Caller's pools need not keep one
+        moved = moved_token(local) if moved_token is not None else None
         epoch, generation = (local.epoch, local.generation) if moved is None else moved
         return replace(local, member=member, epoch=epoch, generation=generation, lease="", degraded=False,
                        probing=False, transitioned=False, events=())
