@@ -13,43 +13,12 @@ import uuid
 import anthropic
 import openai
 import pytest
-from test_resilience import ANTHROPIC_HTTP, MODES, OPENAI_HTTP, A, B, C, pool, tries
+from test_resilience import ANTHROPIC_HTTP, MODES, OPENAI_HTTP, A, B, C, coordinator, pool, run, runner, tries, upstream
 
 import coordinator as co
-from coordinator.testing.upstream import FakeUpstream
 
-
-@pytest.fixture
-def upstream():
-    with FakeUpstream({A: "ok", B: "ok", C: "ok"}, retry_after=30) as server:
-        yield server
-
-
-_RUNNER: list[asyncio.Runner] = []
-
-
-@pytest.fixture(autouse=True)
-def runner():
-    """One event loop per test for the async clients and coordinators (their connections belong to it)."""
-    with asyncio.Runner() as loop:
-        _RUNNER.append(loop)
-        yield loop
-        _RUNNER.pop()
-
-
-def run(value):
-    return _RUNNER[-1].run(value) if asyncio.iscoroutine(value) else value
-
-
-def coordinator(*pools, is_async=False):
-    url = f"memory://{uuid.uuid4().hex}"
-    if not is_async:
-        return co.Coordinator(url, list(pools))
-
-    async def build():
-        return co.AsyncCoordinator(url, list(pools))
-
-    return run(build())
+# The fake provider and the one event loop per test (autouse) are the resilience suite's fixtures.
+__all__ = ["runner", "upstream"]  # the fixtures, imported so pytest finds them here
 
 
 TEXT = "Hello from the fake upstream."
