@@ -312,8 +312,8 @@ class PoolCodec:
         return None if quiet is None else self._parse_success(quiet)
 
     def report_success(self, selection: Selection) -> Op[SuccessResult]:
+        """The report of a success ``local_success`` found to be news (it already noted the success)."""
         self._check_selection(selection)
-        self.view.note_success(selection.member.id, self.clock(), selection)
         args = [selection.member.id, selection.epoch, str(selection.generation), selection.lease]
         return Op("report_success", self._keys, args, lambda data: self._parse_success(data, selection))
 
