@@ -55,3 +55,11 @@ def wait_for(condition: Any, message: str = "condition not met in time", timeout
         if time.monotonic() > deadline:
             raise AssertionError(message)
         time.sleep(0.005)
+
+
+def join_or_kill(procs: list[Any], timeout: float = 10.0) -> None:
+    """Joins each worker process of a multi-process test; one that hangs is killed, not waited on."""
+    for p in procs:
+        p.join(timeout=timeout)
+        if p.is_alive():
+            p.kill()

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 import coordinator as co
-from tests.helpers import members
+from tests.helpers import join_or_kill, members
 
 WORKERS = 6
 CALLS = 60
@@ -92,10 +92,7 @@ def _fleet(url: str, prefix: str, warm: bool, corrupt: Any) -> list[dict[str, An
         barrier.wait(30)
         results = [out.get(timeout=60) for _ in procs]
     finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
+        join_or_kill(procs)
     return results
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+from helpers import join_or_kill
 
 import coordinator as co
 
@@ -73,10 +74,7 @@ def _race(url: str, prefix: str, old_revision: int, new_revision: int) -> list[d
     try:
         results = [out.get(timeout=60) for _ in procs]
     finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
+        join_or_kill(procs)
     return results
 
 
