@@ -115,6 +115,9 @@ class Backend:
 
     def coordinator(self, *pools: co.PoolConfig, **kwargs: Any) -> Any:
         kwargs.setdefault("prefix", self.prefix)
+        # Loopback Redis answers; a reply slowed by a loaded machine must not turn a behaviour test into
+        # a test of the local stand-in (the outage and fault tests make Redis misbehave on purpose).
+        kwargs.setdefault("timeout", 5.0)
         # The behaviour suite checks the scripts' semantics call by call: every acquire asks Redis.
         # The "-view" cells (the executor suite) run through the local view with the default staleness.
         if self.staleness is not None:
