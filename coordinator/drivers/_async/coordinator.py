@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from coordinator.core.config import Config, PoolConfig
+from coordinator.core.types import Selection
 from coordinator.drivers._async.executor import run_plan
 from coordinator.drivers._async.pool import AsyncPool
 from coordinator.drivers._async.store import AsyncStore
@@ -29,6 +30,7 @@ from coordinator.rules.classify import Classifier
 from coordinator.rules.happy import first_pool, plain_success
 from coordinator.rules.hooks import Hook
 from coordinator.rules.outage import DEFAULT_PROBE_INTERVAL
+from coordinator.rules.plan import Outcome
 from coordinator.rules.view import DEFAULT_STALENESS
 from coordinator.store.codec import DEFAULT_STREAM_MAX_AGE, DEFAULT_STREAM_MAXLEN
 from coordinator.store.connect import DEFAULT_TIMEOUT
@@ -186,17 +188,55 @@ class AsyncCoordinator(CoordinatorBase):
         """
         self._enter()
         every_hook = [*self.hooks, *hooks] if hooks or self.hooks else []
-        first = None
         name = first_pool(pools) if not every_hook and deadline is None and max_retries is None else None
         pool = self._pools.get(name) if name is not None else None  # unknown: the plan raises
         if pool is not None and (isinstance(pools, str) or len(pools) == 1 or all(p in self._codecs for p in pools)):
             # The happy path (rules/happy.py): no plan unless the view has no answer or something fails.
             selection = pool.local_selection()
             if selection is not None:
-                outcome = await attempt(fn, selection, clock if clock is not None else time.monotonic)
-                if plain_success(outcome) and pool.quiet_success(selection):
-                    return outcome.result  # type: ignore[no-any-return]
-                first = (selection, outcome)
+                return await self._carry_on(pools, fn, selection, fn, classifier=classifier, sleep=sleep, rng=rng,
+                                            clock=clock)
+        return await self._run(pools, fn, None, every_hook, deadline=deadline, max_retries=max_retries,
+                               classifier=classifier, sleep=sleep, rng=rng, clock=clock)
+
+    async def _carry_on(
+        self,
+        pools: str | Sequence[str],
+        fn: CallFn[T],
+        selection: Selection,
+        first: CallFn[T],
+        *,
+        classifier: Classifier | None = None,
+        sleep: Callable[[float], object] | None = None,
+        rng: RandomSource | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> T:
+        """Internal: the happy path of ``call`` from its first attempt on, for a call with no hooks,
+        deadline or ``max_retries``. ``first(member)`` is that attempt, under ``selection`` (the local
+        view's, of the first pool): ``fn`` itself for ``call``; for the transport's happy path, the rest
+        of an attempt it already sent (transport/happy.py). A plain success that changes nothing is
+        returned; anything else goes to the plan, which carries on from this attempt as if it had made it."""
+        outcome = await attempt(first, selection, clock if clock is not None else time.monotonic)
+        if plain_success(outcome) and self._pools[selection.pool].quiet_success(selection):
+            return outcome.result  # type: ignore[no-any-return]
+        return await self._run(pools, fn, (selection, outcome), [], classifier=classifier, sleep=sleep, rng=rng,
+                               clock=clock)
+
+    async def _run(
+        self,
+        pools: str | Sequence[str],
+        fn: CallFn[T],
+        first: tuple[Selection, Outcome] | None,
+        every_hook: list[Hook],
+        *,
+        deadline: float | None = None,
+        max_retries: int | None = None,
+        classifier: Classifier | None = None,
+        sleep: Callable[[float], object] | None = None,
+        rng: RandomSource | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> T:
+        """The generic plan (docs/design.md, "The call plan"), from ``first`` on when it is given."""
         plan = self._plan(
             pools, deadline=deadline, max_retries=max_retries, classifier=classifier, rng=rng, clock=clock
         )
