@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
@@ -27,9 +26,22 @@ import httpx
 from coordinator.core.config import Member, PoolConfig
 from coordinator.core.errors import AllMembersFailedError
 from coordinator.core.kinds import Failure
+from coordinator.core.types import Selection
 from coordinator.rules.plan import ATTEMPT_SELECTION
 from coordinator.rules.sse import SseFormat, detect_format
 from coordinator.transport import continuation, limits
+from coordinator.transport.happy import Fast, HappyPath
+from coordinator.transport.routes import (
+    CREDENTIAL_HEADERS,
+    EVENT_STREAM,
+    POOLS_HEADER,
+    TIMED_TYPES,
+    Route,
+    asks_for_stream,
+    content_type,
+    http_library,
+)
+from coordinator.transport.routes import route as route_of
 from coordinator.transport.stream_guard import GuardState, Primed, aprime, guarded_stream, prime
 
 
@@ -47,14 +59,18 @@ class Caller(Protocol):
 
     def call(self, pools: Sequence[str], fn: Any, **options: Any) -> Any: ...
 
-#: Per-request choice of pools, as a header an SDK can send with ``extra_headers``; never forwarded.
-POOLS_HEADER = "x-coordinator-pools"
+    # Internal, for the transport's happy path (transport/happy.py): what ``call`` does first (bind to
+    # the running event loop), and ``call`` carried on from an attempt the transport already made.
+    def _enter(self) -> None: ...
+
+    def _carry_on(self, pools: Sequence[str], fn: Any, selection: Selection, first: Any, **options: Any) -> Any: ...
+
+__all__ = ["POOLS_HEADER", "Caller", "FailoverTransport", "http_library", "join_paths"]
+
 #: An attempt with less of the call's deadline left than this is not started (it could only time out).
 _SHORTEST_ATTEMPT = 0.01
-#: Headers that carry the caller's placeholder credential; replaced by the member's own.
-_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key")
 #: The headers a member replaces, each as a line of the caller's header names (lower case) would hold it.
-_DROPPED_RAW = tuple((f"\n{name}\n".encode("latin-1"), name) for name in (*_CREDENTIAL_HEADERS, POOLS_HEADER))
+_DROPPED_RAW = tuple((f"\n{name}\n".encode("latin-1"), name) for name in (*CREDENTIAL_HEADERS, POOLS_HEADER))
 
 
 class NotReplayableError(Exception):
@@ -63,34 +79,6 @@ class NotReplayableError(Exception):
 
 class DeadlineReachedError(Exception):
     """The call's deadline passed before the next attempt could start: nothing is sent."""
-
-
-def http_library(request: Any) -> ModuleType:
-    """``httpx`` or ``httpx2``: whichever library made this request."""
-    return sys.modules[type(request).__module__.partition(".")[0]]
-
-
-@dataclass(frozen=True)
-class _Route:
-    """What a member adds to every request it sends that does not change between requests: made once
-    per member by the transport (configs are frozen), so ``prepare`` only reads the secret."""
-
-    member: Member
-    pool: PoolConfig
-    #: The header that carries the secret (lower case), and whether its value is ``Bearer <secret>``.
-    auth: str
-    bearer: bool
-    #: The member's own headers, names in lower case.
-    headers: tuple[tuple[str, str], ...]
-    #: Nothing but the credential to set: no headers, base URL or model of its own.
-    plain: bool
-
-
-def _route(member: Member, pool: PoolConfig) -> _Route:
-    auth = pool.auth_header.lower()
-    headers = tuple((name.lower(), value) for name, value in member.headers.items())
-    return _Route(member, pool, auth, auth == "authorization", headers,
-                  not headers and not member.base_url and not member.model)
 
 
 @dataclass
@@ -113,8 +101,8 @@ class _Call:
     inner: Any = None
     #: Which of the headers a member replaces (credentials, the pools header) the caller sent, lower case.
     present: Sequence[str] = ()
-    #: Each member's ``_Route``, by ``id(member)`` (the transport's, shared by its calls).
-    routes: dict[int, _Route] = field(default_factory=dict)
+    #: Each member's ``Route``, by ``id(member)`` (the transport's, shared by its calls).
+    routes: dict[int, Route] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         request = self.request
@@ -123,7 +111,7 @@ class _Call:
         self.started = time.monotonic()
         #: The SDK's own per-request timeouts; the pool's limits only ever shorten them.
         self.sdk_timeouts = request.extensions.get("timeout")
-        self.streaming = self.body is not None and b'"stream"' in self.body and _asks_for_stream(self.body)
+        self.streaming = self.body is not None and b'"stream"' in self.body and asks_for_stream(self.body)
         self.headers = request.headers
         #: The request the next response answers (its extensions carry the body-phase timeouts).
         self.sent: httpx.Request = request
@@ -156,7 +144,7 @@ class _Call:
         pool = self.owners[id(member)]
         route = self.routes.get(id(member))
         if route is None or route.member is not member or route.pool is not pool:
-            route = self.routes[id(member)] = _route(member, pool)
+            route = self.routes[id(member)] = route_of(member, pool)
         self.attempts += 1
         self.tried.append({"pool": pool.name, "member": member.id})
         request = self.request if not fresh else self.lib.Request(
@@ -178,7 +166,16 @@ class _Call:
         self.sent = request
         return request
 
-    def _member_changes(self, request: httpx.Request, member: Member, route: _Route, extra: dict[str, str],
+    def adopt(self, fast: Fast, coordinator: Caller, inner: Any) -> None:
+        """Takes on the attempt the happy path already sent (transport/happy.py) as if ``prepare`` had
+        made it: the caller's request goes on carrying that member's headers until ``restore``."""
+        request = self.request
+        self.attempts = 1
+        self.tried.append({"pool": fast.selection.pool, "member": fast.selection.member.id})
+        self.coordinator, self.inner = coordinator, inner
+        self.sent = request
+
+    def _member_changes(self, request: httpx.Request, member: Member, route: Route, extra: dict[str, str],
                         body: bytes | None) -> None:
         """A member's own headers, base URL and model, and a continuation's ``body``: into ``extra``
         (headers to set) and ``request``."""
@@ -202,10 +199,10 @@ class _Call:
         """Sets the body-phase timeouts; for a successful event stream of a known API, its guard (for a
         continuation: one that goes on from ``after``, the guard of the stream that broke)."""
         pool = self.owners[id(member)]
-        content_type = _content_type(response) if response.status_code < 400 else b""
-        event_stream = content_type.startswith(b"text/event-stream")
+        kind = content_type(response) if response.status_code < 400 else b""
+        event_stream = kind.startswith(EVENT_STREAM)
         # AWS Bedrock's binary event stream is not read by the guard, but its reads get ``idle`` too.
-        timed = event_stream or content_type.startswith(b"application/vnd.amazon.eventstream")
+        timed = kind.startswith(TIMED_TYPES)
         remaining = None if self.deadline is None else self.remaining()
         self.sent.extensions["timeout"] = limits.body_phase(self.sdk_timeouts, pool.timeouts, timed,
                                                                remaining, timers=timers or not event_stream)
@@ -323,25 +320,6 @@ def join_paths(base: str, path: str) -> str:
     return joined + "/" if path.endswith("/") and not joined.endswith("/") else joined
 
 
-def _content_type(response: httpx.Response) -> bytes:
-    """The (first) content-type header as sent, read from the raw pairs: no decoding of the others."""
-    for key, value in response.headers.raw:
-        if key.lower() == b"content-type":
-            return value
-    return b""
-
-
-def _asks_for_stream(body: bytes | None) -> bool:
-    """The JSON body says ``"stream": true`` (OpenAI and Anthropic alike)."""
-    if not body or b'"stream"' not in body:
-        return False
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return False
-    return isinstance(payload, dict) and payload.get("stream") is True
-
-
 def _with_model(body: bytes, model: str, headers: Any) -> bytes:
     if "json" not in headers.get("content-type", ""):
         return body
@@ -381,8 +359,10 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         self._options = {key: value for key, value in call_options.items() if key != "deadline"}
         self._deadline = call_options.get("deadline")
         self._chain_cache: dict[tuple[str, ...], tuple[dict[int, PoolConfig], float | None]] = {}
-        #: Each member's ``_Route`` by ``id(member)``; the member objects live as long as the coordinator's configs.
-        self._routes: dict[int, _Route] = {}
+        #: Each member's ``Route`` by ``id(member)``; the member objects live as long as the coordinator's configs.
+        self._routes: dict[int, Route] = {}
+        self._happy = HappyPath(coordinator, self.pools, self._chain(self.pools)[0], self._routes, self._options,
+                                self._deadline)
 
     def _inner_for(self, lib: ModuleType) -> Any:
         if self._inner is not None:
@@ -424,21 +404,61 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
                 self._chain_cache[key] = found
         return found
 
+    def _taken_over(self, fast: Fast, inner: Any) -> _Call:
+        """The generic call that carries on from the happy path's attempt (transport/happy.py)."""
+        request = fast.request
+        sent, phase = request.headers, request.extensions["timeout"]
+        request.headers, request.extensions["timeout"] = fast.caller, fast.sdk
+        call = self._start(request, fast.body, fast.lib)
+        request.headers, request.extensions["timeout"] = sent, phase
+        call.adopt(fast, self._coordinator, inner)
+        return call
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         coordinator = self._coordinator
         if coordinator.is_async:
             raise TypeError("this transport belongs to an AsyncCoordinator: use it with an AsyncClient")
         lib = http_library(request)
-        call = self._start(request, request.read() if isinstance(request.stream, lib.ByteStream) else None, lib)
-        inner = call.inner = self._inner_for(call.lib)
-        call.coordinator = coordinator
+        inner = self._inner_for(lib)
+        fast = self._happy.begin(request, lib)
+        if fast is None:
+            call = self._start(request, request.read() if isinstance(request.stream, lib.ByteStream) else None, lib)
+            call.inner, call.coordinator = inner, coordinator
+            attempt = self._attempt(call, inner)
+            return self._serve(call, lambda: coordinator.call(call.pools, attempt, classifier=call.classify,
+                                                              deadline=call.deadline, **self._options))
+        try:
+            response = inner.handle_request(request)
+            if self._happy.settle(fast, response):
+                return response  # type: ignore[no-any-return]
+            result: httpx.Response | Exception = response
+        except Exception as exc:
+            result = exc
+        except BaseException:
+            fast.restore()
+            raise
+        call = self._taken_over(fast, inner)
 
+        def rest(member: Member) -> httpx.Response:
+            if isinstance(result, Exception):
+                raise result
+            return call.guard(call.note(result), member)
+
+        attempt = self._attempt(call, inner)
+        return self._serve(call, lambda: coordinator._carry_on(call.pools, attempt, fast.selection, rest,
+                                                               classifier=call.classify))
+
+    @staticmethod
+    def _attempt(call: _Call, inner: Any) -> Callable[[Member], httpx.Response]:
         def attempt(member: Member) -> httpx.Response:
             return call.guard(call.note(inner.handle_request(call.prepare(member))), member)
 
+        return attempt
+
+    @staticmethod
+    def _serve(call: _Call, run: Callable[[], httpx.Response]) -> httpx.Response:
         try:
-            response = coordinator.call(call.pools, attempt, classifier=call.classify, deadline=call.deadline,
-                                        **self._options)
+            response = run()
         except (NotReplayableError, DeadlineReachedError, AllMembersFailedError) as exc:
             return call.fallback(exc)
         finally:
@@ -450,17 +470,47 @@ class FailoverTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
         if not coordinator.is_async:
             raise TypeError("this transport belongs to a sync Coordinator: use it with a sync Client")
         lib = http_library(request)
-        call = self._start(request, await request.aread() if isinstance(request.stream, lib.ByteStream) else None,
-                           lib)
-        inner = call.inner = self._inner_for(call.lib)
-        call.coordinator = coordinator
+        inner = self._inner_for(lib)
+        fast = self._happy.begin(request, lib)
+        if fast is None:
+            body = await request.aread() if isinstance(request.stream, lib.ByteStream) else None
+            call = self._start(request, body, lib)
+            call.inner, call.coordinator = inner, coordinator
+            attempt = self._aattempt(call, inner)
+            return await self._aserve(call, lambda: coordinator.call(call.pools, attempt, classifier=call.classify,
+                                                                     deadline=call.deadline, **self._options))
+        try:
+            response = await inner.handle_async_request(request)
+            if self._happy.settle(fast, response):
+                return response  # type: ignore[no-any-return]
+            result: httpx.Response | Exception = response
+        except Exception as exc:
+            result = exc
+        except BaseException:
+            fast.restore()
+            raise
+        call = self._taken_over(fast, inner)
 
+        async def rest(member: Member) -> httpx.Response:
+            if isinstance(result, Exception):
+                raise result
+            return await call.aguard(call.note(result), member)
+
+        attempt = self._aattempt(call, inner)
+        return await self._aserve(call, lambda: coordinator._carry_on(call.pools, attempt, fast.selection, rest,
+                                                                      classifier=call.classify))
+
+    @staticmethod
+    def _aattempt(call: _Call, inner: Any) -> Callable[[Member], Awaitable[httpx.Response]]:
         async def attempt(member: Member) -> httpx.Response:
             return await call.aguard(call.note(await inner.handle_async_request(call.prepare(member))), member)
 
+        return attempt
+
+    @staticmethod
+    async def _aserve(call: _Call, run: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
         try:
-            response = await coordinator.call(call.pools, attempt, classifier=call.classify, deadline=call.deadline,
-                                              **self._options)
+            response = await run()
         except (NotReplayableError, DeadlineReachedError, AllMembersFailedError) as exc:
             return call.fallback(exc)
         finally:
