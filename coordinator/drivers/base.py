@@ -159,7 +159,7 @@ class CoordinatorBase:
         ``call_options`` go to every ``call`` (e.g. ``deadline``). Sync with ``Coordinator``, async
         with ``AsyncCoordinator``.
         """
-        # Every subclass has ``call``; the transport asks for nothing more (transport.failover.Caller).
+        # Every subclass has ``call``, ``_enter`` and ``_carry_on``: the transport asks for no more (failover.Caller).
         return FailoverTransport(cast(Caller, self), pools, inner, **call_options)
 
     def _codec(self, name: str) -> PoolCodec:
