@@ -47,6 +47,8 @@ class Fast:
     #: The caller's own headers and timeout extension, put back when the call returns.
     caller: Any
     sdk: Mapping[str, Any] | None
+    #: The body-phase timeouts of a body that is no event stream (the only kind this path finishes).
+    body_phase: dict[str, float | None]
 
     def restore(self) -> None:
         self.request.headers = self.caller
@@ -121,8 +123,9 @@ class HappyPath:
         request.headers = headers
         sdk = request.extensions.get("timeout")
         streaming = b'"stream"' in body and asks_for_stream(body)
-        request.extensions["timeout"] = limits.header_phase(sdk, cfg.timeouts, streaming, None)
-        return Fast(request, lib, body, selection, cfg, caller, sdk)
+        header, body_phase = limits.phases(sdk, cfg.timeouts, streaming)
+        request.extensions["timeout"] = header
+        return Fast(request, lib, body, selection, cfg, caller, sdk, body_phase)
 
     def settle(self, fast: Fast, response: Any) -> bool:
         """True when the attempt served and that is all: the caller's request has its headers back and
@@ -141,7 +144,7 @@ class HappyPath:
         if not self._pool.quiet_success(selection):
             return False
         request = fast.request
-        request.extensions["timeout"] = limits.body_phase(fast.sdk, fast.cfg.timeouts, False, None, timers=True)
+        request.extensions["timeout"] = fast.body_phase
         request.headers = fast.caller
         name, member = selection.pool, selection.member.id
         response.extensions = {

@@ -93,3 +93,29 @@ def body_phase(sdk: Mapping[str, Any] | None, limits: Timeouts, event_stream: bo
     else:
         out["read"] = _smallest(out["read"], limits.header_limit(False))
     return _keep(key, limits, out)
+
+
+#: ``phases`` by the SDK's four values, the pool's ``Timeouts`` (kept, so its id cannot be reused) and
+#: whether the request asks for a stream.
+_both: dict[tuple[Any, ...], tuple[Timeouts, dict[str, float | None], dict[str, float | None]]] = {}
+
+
+def phases(sdk: Mapping[str, Any] | None, limits: Timeouts,
+           streaming: bool) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """``header_phase`` and, for a body that is no event stream, ``body_phase`` of a call without a
+    deadline, in one look-up: the transport's happy path needs both and nothing else (fresh dicts)."""
+    if sdk:
+        key: tuple[Any, ...] = (sdk.get("connect"), sdk.get("read"), sdk.get("write"), sdk.get("pool"), id(limits),
+                                streaming)
+    else:
+        key = (None, None, None, None, id(limits), streaming)
+    try:
+        found = _both.get(key)
+    except TypeError:  # an SDK value that is no number
+        return header_phase(sdk, limits, streaming, None), body_phase(sdk, limits, False, None, timers=True)
+    if found is None or found[0] is not limits:
+        found = (limits, header_phase(sdk, limits, streaming, None), body_phase(sdk, limits, False, None, timers=True))
+        if len(_both) >= _CACHE_SIZE:
+            _both.clear()
+        _both[key] = found
+    return dict(found[1]), dict(found[2])
