@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 
 from coordinator.core.config import Member
 
@@ -34,10 +34,24 @@ class Selection:
     def probe(self) -> bool:
         return bool(self.lease)
 
+    @classmethod
+    def _decided(cls, pool: str, member: Member, epoch: str, generation: int, now: float) -> Selection:
+        """The local view's selection on every request (docs/design.md, "The local view"): equal to
+        ``Selection(pool=..., member=..., epoch=..., generation=..., now=...)``, made without the frozen
+        ``__init__``'s one ``object.__setattr__`` per field, a microsecond of every call's happy path."""
+        selection = object.__new__(cls)
+        selection.__dict__.update(_SELECTION_DEFAULTS, pool=pool, member=member, epoch=epoch, generation=generation,
+                                  now=now)
+        return selection
+
     def __repr__(self) -> str:
         flags = " degraded" if self.degraded else ""
         flags += " probe" if self.lease else ""
         return f"<Selection {self.pool}/{self.member.id} epoch={self.epoch} gen={self.generation}{flags}>"
+
+
+#: What a ``Selection`` holds unless told otherwise (``Selection._decided``).
+_SELECTION_DEFAULTS = {f.name: f.default for f in fields(Selection) if f.default is not MISSING}
 
 
 @dataclass(frozen=True, kw_only=True)

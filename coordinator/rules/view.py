@@ -254,8 +254,7 @@ class PoolView:
         self.hits += 1
         rotation = decision.rotation
         member = rotation[next(decision.turn) % len(rotation)] if len(rotation) > 1 else rotation[0]
-        return Selection(pool=self.pool, member=member, epoch=decision.epoch, generation=decision.generation,
-                         now=now + decision.clock_offset)
+        return Selection._decided(self.pool, member, decision.epoch, decision.generation, now + decision.clock_offset)
 
     def success_is_news(self, selection: Selection, now: float) -> bool:
         """False when reporting this success would change nothing in Redis, as far as we know."""
