@@ -91,7 +91,7 @@ def settled(upstream: FakeUpstream) -> Counter[Any]:
 
 
 def observe(upstream: FakeUpstream, before: Counter[Any], response: httpx.Response, inner: Refusing,
-            snap: Any) -> dict[str, Any]:
+            snap: Any, body: bytes, error: str | None) -> dict[str, Any]:
     request = response.request
     return {
         "status": response.status_code,
@@ -100,10 +100,12 @@ def observe(upstream: FakeUpstream, before: Counter[Any], response: httpx.Respon
         "refused": inner.refused,
         "active": snap.active,
         "cooling": {m.id: m.cooling_kind for m in snap.members if m.cooling_until is not None},
+        "failures": {m.id: m.failures for m in snap.members if m.failures},
         # The caller's own headers, never a member's secret.
         "request": sorted(item for item in request.headers.items() if item[0] != "host"),  # a port per upstream
         "secret_seen": any(key in str(request.headers) for key in KEYS),
-        "body": re.sub(rb'"created": \d+', b"", response.content),  # the fake's clock
+        "body": re.sub(rb'"created": \d+', b"", body),  # the fake's clock
+        "error": error,
     }
 
 
@@ -125,9 +127,13 @@ def run_sync(url: str | None, behaviour: str, refuse: bool, happy: bool, body: d
         inner.key, inner.left = KEYS[0], int(refuse)
         before = settled(upstream)
         del taken[:]
-        response = client.post("/v1/chat/completions", json=body)
-        response.read()
-        seen = observe(upstream, before, response, inner, coord.pool("openai").snapshot())
+        response = client.send(client.build_request("POST", "/v1/chat/completions", json=body), stream=True)
+        chunks, error = [], None
+        try:
+            chunks.extend(response.iter_raw())
+        except Exception as exc:  # a stream broken after its hand-over: the caller's
+            error = type(exc).__name__
+        seen = observe(upstream, before, response, inner, coord.pool("openai").snapshot(), b"".join(chunks), error)
         client.close()
         coord.close()
         return seen, taken
@@ -153,9 +159,15 @@ def run_async(url: str | None, behaviour: str, refuse: bool, happy: bool, body: 
                     inner.key, inner.left = KEYS[0], int(refuse)
                     before = settled(upstream)
                     del taken[:]
-                    response = await client.post("/v1/chat/completions", json=body)
-                    await response.aread()
-                    return observe(upstream, before, response, inner, await coord.pool("openai").snapshot()), taken
+                    request = client.build_request("POST", "/v1/chat/completions", json=body)
+                    response = await client.send(request, stream=True)
+                    chunks, error = [], None
+                    try:
+                        chunks.extend([chunk async for chunk in response.aiter_raw()])
+                    except Exception as exc:
+                        error = type(exc).__name__
+                    snap = await coord.pool("openai").snapshot()
+                    return observe(upstream, before, response, inner, snap, b"".join(chunks), error), taken
 
     return asyncio.run(main())
 
@@ -170,8 +182,10 @@ CASES = {
     # An event stream is handed over for its guard, which fails a broken one over (a transient failure).
     "stream": ("ok", False, {(KEYS[0], 200): 1}),
     "broken stream": ("malformed", False, {(KEYS[0], 200): 3, (KEYS[1], 200): 1}),  # attempts_per_member
+    # A stream that breaks after its hand-over is reported under the attempt's selection.
+    "stream broken later": ("stream_break", False, {(KEYS[0], 200): 1}),
 }
-STREAMS = {"stream", "broken stream"}
+STREAMS = {"stream", "broken stream", "stream broken later"}
 
 
 @pytest.mark.parametrize("run", [run_sync, run_async], ids=["sync", "async"])
@@ -187,8 +201,10 @@ def test_the_happy_paths_attempt_ends_as_the_generic_paths_does(url, run, case):
     assert fast["statuses"] == statuses, "each attempt reached the upstream once"
     assert not fast["secret_seen"]
     assert dict(fast["request"])["authorization"] == "Bearer unused"
-    if case in STREAMS:
+    if case in STREAMS - {"stream broken later"}:
         assert b"data: [DONE]" in fast["body"]
+    if case == "stream broken later":
+        assert fast["error"] == "StreamInterruptedError" and fast["failures"] == {"acct-1": 1}
     if case == "spent window":
         assert fast["cooling"] == {"acct-1": "rate_limited"} and fast["coordinator"]["attempts"] == 1
 
