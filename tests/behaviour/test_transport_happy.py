@@ -25,9 +25,10 @@ Seen = tuple[dict[str, Any], list[bool]]
 CALLER = {"authorization": "Bearer unused", "x-api-key": "also-unused", "x-sdk": "1"}
 
 
-def pool() -> co.PoolConfig:
-    members = [co.Member(id=f"acct-{i + 1}", api_key=key) for i, key in enumerate(KEYS)]
-    return co.PoolConfig(name="openai", members=members, cooldown=co.CooldownPolicy(min=0.001),
+def pool(name: str = "openai", keys: list[str] = KEYS) -> co.PoolConfig:
+    members = [co.Member(id=f"{name}-{i + 1}" if name != "openai" else f"acct-{i + 1}", api_key=key)
+               for i, key in enumerate(keys)]
+    return co.PoolConfig(name=name, members=members, cooldown=co.CooldownPolicy(min=0.001),
                          backoff_base=0.001, backoff_cap=0.002)
 
 
@@ -109,11 +110,14 @@ def observe(upstream: FakeUpstream, before: Counter[Any], response: httpx.Respon
     }
 
 
-def run_sync(url: str | None, behaviour: str, refuse: bool, happy: bool, body: dict[str, Any]) -> Seen:
+def run_sync(url: str | None, behaviour: str, refuse: bool, happy: bool, body: dict[str, Any],
+             chain: bool = False) -> Seen:
     with FakeUpstream({key: "ok" for key in KEYS}, retry_after=30) as upstream:
-        coord = co.Coordinator(url or f"memory://{uuid.uuid4().hex}", [pool()], prefix=f"h{uuid.uuid4().hex[:10]}")
+        # A chain: the first pool has the first key only, the next one the others.
+        pools = [pool("openai", KEYS[:1]), pool("backup", KEYS[1:])] if chain else [pool()]
+        coord = co.Coordinator(url or f"memory://{uuid.uuid4().hex}", pools, prefix=f"h{uuid.uuid4().hex[:10]}")
         inner = Refusing(httpx.HTTPTransport())
-        transport = coord.transport("openai", inner=inner)
+        transport = coord.transport([p.name for p in pools], inner=inner)
         if not happy:
             transport._happy.name = None
         taken = spy(transport)
@@ -207,6 +211,18 @@ def test_the_happy_paths_attempt_ends_as_the_generic_paths_does(url, run, case):
         assert fast["error"] == "StreamInterruptedError" and fast["failures"] == {"acct-1": 1}
     if case == "spent window":
         assert fast["cooling"] == {"acct-1": "rate_limited"} and fast["coordinator"]["attempts"] == 1
+
+
+@pytest.mark.parametrize("case", ["rate limited", "server error", "plain success"])
+def test_a_chains_first_pool_takes_the_happy_path_and_hands_over_to_the_chain(url, case):
+    behaviour, refuse, _ = CASES[case]
+    fast, taken = run_sync(url, behaviour, refuse, True, BODY, chain=True)
+    generic, _ = run_sync(url, behaviour, refuse, False, BODY, chain=True)
+    assert taken[:1] == [True]
+    assert fast == generic
+    if case == "rate limited":
+        assert fast["statuses"] == {(KEYS[0], 429): 1, (KEYS[1], 200): 1}
+        assert fast["coordinator"]["pool"] == "backup" and fast["coordinator"]["attempts"] == 2
 
 
 def test_the_happy_path_sends_the_callers_headers_with_the_members_credential_in_place():
