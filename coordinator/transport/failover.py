@@ -171,7 +171,7 @@ class _Call:
         made it: the caller's request goes on carrying that member's headers until ``restore``."""
         request = self.request
         self.attempts = 1
-        self.tried.append({"pool": fast.selection.pool, "member": fast.selection.member.id})
+        self.tried.append({"pool": fast.cfg.name, "member": fast.selection.member.id})
         self.coordinator, self.inner = coordinator, inner
         self.sent = request
 

@@ -71,8 +71,9 @@ class HappyPath:
             if cfg.timeouts.deadline is not None or not plain:
                 self.name = None
         self._pool: Any = None
-        #: Each member's credential header value, encoded, by ``id(member)``, with the secret it was made of.
-        self._values: dict[int, tuple[str, bytes]] = {}
+        #: Each member's credential header, name and value encoded as ``Headers.__setitem__`` would, by
+        #: ``id(member)``, after the secret they were made of.
+        self._values: dict[int, tuple[str, bytes, bytes]] = {}
 
     def _route(self, member: Any) -> Route:
         found = self._routes.get(id(member))
@@ -114,10 +115,10 @@ class HappyPath:
         secret = member.secret()
         if secret:
             known = self._values.get(id(member))
-            if known is None or known[0] != secret:
+            if known is None or known[0] != secret:  # read every time: the environment may change
                 value = f"Bearer {secret}" if found.bearer else secret
-                known = self._values[id(member)] = (secret, value.encode("utf-8"))
-            _set_credential(headers._list, names, hits, found.auth.encode("utf-8"), known[1])
+                known = self._values[id(member)] = (secret, found.auth.encode("utf-8"), value.encode("utf-8"))
+            _set_credential(headers._list, names, hits, known[1], known[2])
         elif hits:
             headers._list = [item for item in items if item[1] not in hits]
         request.headers = headers
@@ -146,7 +147,7 @@ class HappyPath:
         request = fast.request
         request.extensions["timeout"] = fast.body_phase
         request.headers = fast.caller
-        name, member = selection.pool, selection.member.id
+        name, member = fast.cfg.name, selection.member.id  # the pool ``prepare`` would name (``_Call.owners``)
         response.extensions = {
             **response.extensions,
             "coordinator": {"pool": name, "member": member, "attempts": 1, "tried": [{"pool": name, "member": member}],
