@@ -31,6 +31,18 @@ from coordinator.transport import limits
 from coordinator.transport.routes import CREDENTIAL_HEADERS, POOLS_HEADER, TIMED_TYPES, Route, asks_for_stream, route
 
 _POOLS = POOLS_HEADER.encode("latin-1")
+#: Per HTTP library (httpx, httpx2): whether its ``Headers._list`` holds (raw name, lower-case name,
+#: value) as this path reads and writes it; a release that keeps its headers otherwise takes the
+#: generic path, which uses only the public API.
+_LAYOUT: dict[str, bool] = {}
+
+
+def _known_layout(lib: ModuleType) -> bool:
+    known = _LAYOUT.get(lib.__name__)
+    if known is None:
+        probe = getattr(lib.Headers({"X-Probe": "v"}), "_list", None)
+        known = _LAYOUT[lib.__name__] = probe == [(b"X-Probe", b"x-probe", b"v")]
+    return known
 #: The headers a member replaces (lower case, as ``Headers._list`` holds them), and the pools header.
 _DROPPED = frozenset(name.encode("latin-1") for name in (*CREDENTIAL_HEADERS, POOLS_HEADER))
 
@@ -86,7 +98,8 @@ class HappyPath:
         """Prepares the caller's request for the happy path's attempt (the member's credential, the
         header-phase timeouts) and returns what to finish it with; None, changing nothing, when the
         request takes the generic path."""
-        if self.name is None or "coordinator" in request.extensions or not isinstance(request.stream, lib.ByteStream):
+        if (self.name is None or "coordinator" in request.extensions or not isinstance(request.stream, lib.ByteStream)
+                or not _known_layout(lib)):
             return None
         coordinator = self._coordinator
         if coordinator.hooks:

@@ -248,3 +248,35 @@ def test_the_happy_path_sends_the_callers_headers_with_the_members_credential_in
                                                       "replayable": True}
         client.close()
         coord.close()
+
+
+@pytest.mark.parametrize("lib_name", ["httpx", "httpx2"])
+def test_the_happy_path_knows_the_header_layout_of_each_http_library(lib_name):
+    # The happy path reads and writes Headers._list (raw name, lower-case name, value); an upgrade of
+    # httpx or httpx2 that keeps headers otherwise must fail here, not send a garbled request.
+    from coordinator.transport import happy
+
+    lib = pytest.importorskip(lib_name)
+    assert happy._known_layout(lib)
+
+
+def test_a_header_layout_it_does_not_know_takes_the_generic_path(monkeypatch):
+    from coordinator.transport import happy
+
+    with FakeUpstream({key: "ok" for key in KEYS}) as upstream:
+        coord = co.Coordinator(f"memory://{uuid.uuid4().hex}", [pool()], prefix="hp")
+        transport = coord.transport("openai")
+        taken = spy(transport)
+        client = httpx.Client(base_url=upstream.url, headers=CALLER, transport=transport)
+        deadline = time.monotonic() + 10
+        while not (taken and taken[-1]) and time.monotonic() < deadline:
+            assert client.post("/v1/chat/completions", json=BODY).status_code == 200
+        assert taken[-1], "the known layout takes the happy path"
+        sent = upstream.stats.requests[KEYS[0]]
+        monkeypatch.setitem(happy._LAYOUT, "httpx", False)
+        response = client.post("/v1/chat/completions", json=BODY)
+        assert taken[-1] is False and response.status_code == 200
+        assert response.extensions["coordinator"]["member"] == "acct-1"
+        assert upstream.stats.requests[KEYS[0]] == sent + 1
+        client.close()
+        coord.close()
