@@ -58,13 +58,17 @@ local function corrupt(what)
   return redis.error_reply('COORD_CORRUPT ' .. KEYS[1] .. ' ' .. what)
 end
 
--- Strict parse of a non-negative integer field: tonumber() alone accepts "nan", "inf", "0x10",
--- " 12 ", "-5" and 400-digit strings (which become inf). No field is ever negative.
-local function int_field(h, field, default)
-  local v = h[field]
-  if v == nil or v == false then return default end
+-- Strict parse of a non-negative integer value: tonumber() alone accepts "nan", "inf", "0x10",
+-- " 12 ", "-5" and 400-digit strings (which become inf). No field is ever negative. `v` is a field's
+-- value as HMGET (false when absent) or a field map (nil) gives it.
+local function int_value(v, default)
+  if not v then return default end
   if type(v) ~= 'string' or #v > MAX_DIGITS or not string.match(v, '^%d+$') then return nil end
   return tonumber(v)
+end
+
+local function int_field(h, field, default)
+  return int_value(h[field], default)
 end
 
 -- Why the stored membership (ids and weights) cannot be used, or nil when it can.
@@ -100,34 +104,40 @@ local function default_member()
   return {cooling_until = 0, failures = 0, ejections = 0, park_reason = '', cooling_kind = '', failed_at = 0}
 end
 
--- Reads member `id` from the field map `h` into S.m. A field that is not readable leaves the default in
--- its place and returns the problem: nothing is written once S.problem is set (see commit).
-local function read_member(S, h, id)
-  local m = default_member()
+-- Parses member `id` from its field values (in MEMBER_SUFFIXES order; false or nil when absent) into
+-- S.m. A field that is not readable leaves the default in its place and returns the problem: nothing
+-- is written once S.problem is set (see commit).
+local function parse_member(S, id, cooling_until, failures, ejections, parked, park_reason, cooling_kind,
+                            failed_at)
+  -- When the last failure was counted (docs/design.md, "Failure counts"). Only ever restarts a count,
+  -- so a field that is not readable (or absent: a count of an older release) counts as 0.
+  local m = {cooling_until = int_value(cooling_until, 0), failures = int_value(failures, 0),
+             ejections = int_value(ejections, 0), parked_until = nil, park_reason = park_reason or '',
+             cooling_kind = cooling_kind or '', failed_at = int_value(failed_at, 0) or 0}
   S.m[id] = m
-  m.cooling_until = int_field(h, id .. ':cooling_until', 0)
-  m.failures = int_field(h, id .. ':failures', 0)
-  m.ejections = int_field(h, id .. ':ejections', 0)
   local problem = nil
   if m.cooling_until == nil then problem = 'field ' .. id .. ':cooling_until is not an integer' end
   if m.failures == nil then problem = problem or 'field ' .. id .. ':failures is not an integer' end
   if m.ejections == nil then problem = problem or 'field ' .. id .. ':ejections is not an integer' end
-  m.cooling_until, m.failures, m.ejections = m.cooling_until or 0, m.failures or 0, m.ejections or 0
-  local parked = h[id .. ':parked_until']
+  if problem then
+    m.cooling_until, m.failures, m.ejections = m.cooling_until or 0, m.failures or 0, m.ejections or 0
+  end
   if parked == FOREVER then
     m.parked_until = math.huge
-  elseif parked ~= nil then
-    m.parked_until = int_field(h, id .. ':parked_until', nil)
+  elseif parked then
+    m.parked_until = int_value(parked, nil)
     if m.parked_until == nil then
       problem = problem or ('field ' .. id .. ':parked_until is neither an integer nor "forever"')
     end
   end
-  m.park_reason = h[id .. ':park_reason'] or ''
-  m.cooling_kind = h[id .. ':cooling_kind'] or ''
-  -- When the last failure was counted (docs/design.md, "Failure counts"). Only ever restarts a count,
-  -- so a field that is not readable (or absent: a count of an older release) counts as 0.
-  m.failed_at = int_field(h, id .. ':failed_at', 0) or 0
   return problem
+end
+
+-- Reads member `id` from the field map `h` (see parse_member).
+local function read_member(S, h, id)
+  return parse_member(S, id, h[id .. ':cooling_until'], h[id .. ':failures'], h[id .. ':ejections'],
+                      h[id .. ':parked_until'], h[id .. ':park_reason'], h[id .. ':cooling_kind'],
+                      h[id .. ':failed_at'])
 end
 
 local function set_members(S, ids, weights)
@@ -225,26 +235,28 @@ local function stamp(S)
   return S.version .. ' ' .. S.digest .. ' ' .. S.strategy .. ' ' .. mlen .. ' ' .. wlen .. ' ' .. active .. ' ' .. first
 end
 
+-- load_fast reads these by their position in this list.
 local HEADER = {'epoch', 'generation', 'version', 'created', 'strategy', 'digest', 'active', 'exhausted',
                 'skip_until', 'rr', 'probe', 'checked', 'nondefault'}
 
--- Reads the members `ids` (one HMGET for many) into S.m.
+-- Reads the members `ids` (one HMGET for many) into S.m, parsing the values where they stand in the
+-- reply (the fast path's common case is one or two members: no field map).
+local NSUFFIXES = #MEMBER_SUFFIXES
 local function fetch_members(S, ids)
-  local fields = {}
-  for _, id in ipairs(ids) do
-    for _, suffix in ipairs(MEMBER_SUFFIXES) do fields[#fields + 1] = id .. suffix end
-  end
-  local h = {}
-  for first = 1, #fields, 600 do
-    local chunk = {unpack(fields, first, math.min(first + 599, #fields))}
-    local values = redis.call('HMGET', KEYS[1], unpack(chunk))
-    for i, f in ipairs(chunk) do
-      if values[i] then h[f] = values[i] end
+  local per_call = math.floor(600 / NSUFFIXES)
+  for first = 1, #ids, per_call do
+    local last = math.min(first + per_call - 1, #ids)
+    local fields = {}
+    for k = first, last do
+      local id = ids[k]
+      for _, suffix in ipairs(MEMBER_SUFFIXES) do fields[#fields + 1] = id .. suffix end
     end
-  end
-  for _, id in ipairs(ids) do
-    local problem = read_member(S, h, id)
-    if problem then S.problem = S.problem or problem end
+    local v = redis.call('HMGET', KEYS[1], unpack(fields))
+    for k = first, last do
+      local o = (k - first) * NSUFFIXES
+      local problem = parse_member(S, ids[k], v[o + 1], v[o + 2], v[o + 3], v[o + 4], v[o + 5], v[o + 6], v[o + 7])
+      if problem then S.problem = S.problem or problem end
+    end
   end
 end
 
@@ -281,7 +293,13 @@ local function read_header(S, h)
 end
 
 local function new_state()
-  local S = {now = now_ms(), set = {}, del = {}, events = {}, changed = false, created = false, m = {}, index = {}}
+  -- Every field a call may set is named here, so the table is sized once (a nil field costs no
+  -- memory, a table that grows is copied at each power of two).
+  local S = {now = now_ms(), set = {}, del = {}, events = {}, changed = false, created = false, m = {}, index = {},
+             epoch = nil, generation = nil, version = nil, rr = nil, skip_until = nil, created_at = nil,
+             strategy = nil, active = nil, exhausted = nil, probe = nil, digest = nil, members_csv = nil,
+             weights_csv = nil, old_checked = nil, old_index = nil, mlen = nil, wlen = nil, first = nil,
+             fast = nil, dirty_before = nil, problem = nil, bless = nil, failed = nil, foreign = nil}
   setmetatable(S, LAZY_STATE)
   return S
 end
@@ -289,25 +307,34 @@ end
 -- The common path: the header and the members the index names, when the stamp vouches for the rest.
 -- Returns S; nil to take the full path; or nil and the reply for a member field that is not readable.
 local function load_fast()
-  local ok, values = pcall(redis.call, 'HMGET', KEYS[1], unpack(HEADER))
-  if not ok then return nil end
-  local h = {}
-  for i, f in ipairs(HEADER) do
-    if values[i] then h[f] = values[i] end
-  end
-  if h.checked == nil or h.epoch == nil then return nil end
+  local ok, v = pcall(redis.call, 'HMGET', KEYS[1], unpack(HEADER))
+  if not ok or not v[1] or not v[12] then return nil end
+  -- The field map read_header takes, by position in HEADER (an absent field is nil, as in HGETALL's).
+  local h = {epoch = v[1], generation = v[2] or nil, version = v[3] or nil, created = v[4] or nil,
+             strategy = v[5] or nil, digest = v[6] or nil, active = v[7] or nil, exhausted = v[8] or nil,
+             skip_until = v[9] or nil, rr = v[10] or nil, probe = v[11] or nil, checked = v[12],
+             nondefault = v[13] or nil}
   local S = new_state()
   if read_header(S, h) ~= nil then return nil end
   S.mlen = redis.call('HSTRLEN', KEYS[1], 'members')
   S.wlen = redis.call('HSTRLEN', KEYS[1], 'weights')
-  S.first = string.match(h.checked, ' (%S+)$') or ''
-  if S.first == '' or stamp(S) ~= h.checked then return nil end
+  -- The stamp (see stamp()) is what this call would write followed by the first member's id.
+  local checked = h.checked
+  local prefix = S.version .. ' ' .. S.digest .. ' ' .. S.strategy .. ' ' .. S.mlen .. ' ' .. S.wlen .. ' ' ..
+                 (S.active ~= '' and S.active or '-') .. ' '
+  if #checked <= #prefix or string.sub(checked, 1, #prefix) ~= prefix then return nil end
+  S.first = string.sub(checked, #prefix + 1)
+  if string.find(S.first, '%s') then return nil end
   S.fast = true
   setmetatable(S.m, DEFAULT_MEMBERS)
-  S.index = split_csv(S.old_index)
-  local read = {}
-  for _, id in ipairs(S.index) do read[#read + 1] = id end
-  if S.active ~= '' and not string.find(',' .. S.old_index .. ',', ',' .. S.active .. ',', 1, true) then
+  local index, has_active = S.index, S.active == ''
+  for id in string.gmatch(S.old_index, '[^,]+') do
+    index[#index + 1] = id
+    if id == S.active then has_active = true end
+  end
+  local read = index
+  if not has_active then
+    read = {unpack(index)}
     read[#read + 1] = S.active
   end
   fetch_members(S, read)
@@ -321,9 +348,10 @@ end
 -- (docs/design.md, "Failure counts"). A failure count needs no success report: the next failure
 -- report says whether its worker served since, and restarts the count.
 local function dirty_set(S)
+  -- Every member with an ejection count is in its non-default state, so the members read are enough.
   local out = {}
-  for _, id in ipairs(nondefault_ids(S)) do
-    if S.m[id].ejections > 0 then out[id] = true end
+  for id, m in pairs(S.m) do
+    if m.ejections > 0 then out[id] = true end
   end
   return out
 end
