@@ -27,17 +27,18 @@ end
 -- it (say, a state and its event written, the notice refused). So every write command is checked
 -- first. redis.acl_check_cmd exists since Redis 7.0; fakeredis (memory://) has neither it nor ACLs.
 -- A write that appends no event and sends no notice (a failure that only counts, the common write)
--- checks only the hash commands it runs (`quiet`).
-local function check_acl_for(quiet, ...)
+-- checks only the hash commands it runs (`quiet`: HSET, and HDEL when `hdel`).
+local function check_acl_for(quiet, hdel, ...)
   if not redis.acl_check_cmd then return nil end
-  local checks = {{'HSET', KEYS[1], 'f', 'v'}, {'HDEL', KEYS[1], 'f'}}
+  local checks = {{'HSET', KEYS[1], 'f', 'v'}, ...}
+  if hdel or not quiet then checks[#checks + 1] = {'HDEL', KEYS[1], 'f'} end
   if not quiet then
-    checks[3], checks[4] = {'XADD', KEYS[2], '*', 'f', 'v'}, {'XTRIM', KEYS[2], 'MINID', '0'}
+    checks[#checks + 1] = {'XADD', KEYS[2], '*', 'f', 'v'}
+    checks[#checks + 1] = {'XTRIM', KEYS[2], 'MINID', '0'}
     for command, channel in string.gmatch(ARGV[1], '(!?)(%S+)') do
       checks[#checks + 1] = {command == '!' and 'SPUBLISH' or 'PUBLISH', channel, 'notice'}
     end
   end
-  for _, c in ipairs({...}) do checks[#checks + 1] = c end
   for _, c in ipairs(checks) do
     if not redis.acl_check_cmd(unpack(c)) then
       return redis.error_reply('COORD_NOPERM the Redis user may not run ' .. c[1] .. ' on ' .. c[2] ..
@@ -48,7 +49,7 @@ local function check_acl_for(quiet, ...)
 end
 
 local function check_acl(...)
-  return check_acl_for(false, ...)
+  return check_acl_for(false, true, ...)
 end
 
 -- What a script that replaces the whole state (reset, heal) can still read of the old one: the hash's
@@ -83,17 +84,19 @@ end
 -- an exhausted episode, an event, a skip, a probe, a park, a cooldown that a rotation or a failback
 -- waits for, or the set of members whose successes must be reported. A write that only counts (a
 -- transient failure below the threshold) or extends a sticky pool's cooldown of a member that is not
--- active sends no notice and moves no version: listeners' decisions stay right.
+-- active sends no notice and moves no version: listeners' decisions stay right. Member fields are
+-- written through set_member, which notes the deadlines (S.parks, S.cools); a change of the
+-- membership (which also drops members' fields) is decisive by itself.
+local DECISIVE_FIELDS = {'active', 'exhausted', 'skip_until', 'probe', 'members', 'weights', 'strategy'}
 local function decisive(S, dirty)
-  if #S.events > 0 or S.created then return true end
-  for _, f in ipairs({'active', 'exhausted', 'skip_until', 'probe', 'members', 'weights', 'strategy'}) do
-    if S.set[f] ~= nil or S.del[f] then return true end
+  if #S.events > 0 or S.created or S.parks then return true end
+  local set, del = S.set, S.del
+  for _, f in ipairs(DECISIVE_FIELDS) do
+    if set[f] ~= nil or del[f] then return true end
   end
-  for _, changes in ipairs({S.set, S.del}) do
-    for f, _ in pairs(changes) do
-      local id, suffix = string.match(f, '^(.*):([%w_]+)$')
-      if suffix == 'parked_until' then return true end
-      if suffix == 'cooling_until' and (S.strategy ~= 'sticky' or id == S.active) then return true end
+  if S.cools then
+    for id, _ in pairs(S.cools) do
+      if S.strategy ~= 'sticky' or id == S.active then return true end
     end
   end
   for id, _ in pairs(dirty) do
@@ -105,12 +108,22 @@ local function decisive(S, dirty)
   return false
 end
 
--- The derived fields every validated state carries (see lib/state.lua): the index and the stamp.
-local function derived(S)
-  local index = table.concat(nondefault_ids(S), ',')
-  local out, gone = {'checked', stamp(S)}, nil
+-- The derived fields every validated state carries (see lib/state.lua), the index and the stamp, as
+-- far as they differ from the stored ones (a write that only counts a failure of a member already
+-- indexed changes neither).
+local function index_of(S)
+  return table.concat(nondefault_ids(S), ',')
+end
+
+local function derived(S, index)
+  local out, gone = {}, nil
+  local checked = stamp(S)
+  if checked ~= S.old_checked then out[1], out[2] = 'checked', checked end
   if index ~= '' then
-    out[3], out[4] = 'nondefault', index
+    if index ~= S.old_index then
+      out[#out + 1] = 'nondefault'
+      out[#out + 1] = index
+    end
   elseif S.old_index ~= '' then
     gone = 'nondefault'
   end
@@ -124,15 +137,16 @@ local function commit(S)
     if S.bless and not check_acl() then
       -- A state of an older release that passed the full validation: stamped (and indexed) in place,
       -- no version, no notice: nothing anyone decides on changed.
-      local fields, gone = derived(S)
-      redis.call('HSET', KEYS[1], unpack(fields))
+      local fields, gone = derived(S, index_of(S))
+      if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
       if gone then redis.call('HDEL', KEYS[1], gone) end
     end
     return
   end
   local dirty = dirty_set(S)
   local notify = decisive(S, dirty)
-  S.failed = check_acl_for(#S.events == 0 and not notify)
+  local index = index_of(S)
+  S.failed = check_acl_for(#S.events == 0 and not notify, next(S.del) ~= nil or (index == '' and S.old_index ~= ''))
   if S.failed then return end
   if #S.events > 0 then
     S.failed = check_stream()
@@ -144,13 +158,14 @@ local function commit(S)
     S.version = S.version + 1
     S.set.version = S.version
   end
-  S.set.generation = S.generation
+  -- Written when it moved (or reads otherwise, say "007"): a write that only counts leaves it.
+  if tostring(S.generation) ~= S.generation_read then S.set.generation = S.generation end
   local hset = {}
   for f, v in pairs(S.set) do
     hset[#hset + 1] = f
     hset[#hset + 1] = tostring(v)
   end
-  local fields, gone = derived(S)
+  local fields, gone = derived(S, index)
   for _, v in ipairs(fields) do hset[#hset + 1] = v end
   local hdel = {}
   for f, _ in pairs(S.del) do
@@ -159,7 +174,8 @@ local function commit(S)
   if gone then hdel[#hdel + 1] = gone end
   -- HSET first: Redis refuses it when out of memory, before anything is written. HDEL is allowed
   -- then, and once a script has written, Redis lets it go on writing: a half-applied change.
-  redis.call('HSET', KEYS[1], unpack(hset))
+  -- Without an HSET (a write that only deletes and is quiet), the HDEL is the one write.
+  if #hset > 0 then redis.call('HSET', KEYS[1], unpack(hset)) end
   if #hdel > 0 then redis.call('HDEL', KEYS[1], unpack(hdel)) end
   local maxlen, max_age = string.match(ARGV[6], '^(%d+) ?(%d*)$')
   local time_us = #S.events > 0 and now_us() or ''

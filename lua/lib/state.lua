@@ -266,6 +266,7 @@ local function read_header(S, h)
   -- The epoch travels in change notices "<pool> <epoch> <generation> <version>" and in tokens.
   if #h.epoch > 64 or not string.match(h.epoch, '^[%w%._:%-]+$') then return 'field epoch is not a valid epoch' end
   S.epoch = h.epoch
+  S.generation_read = h.generation
   S.generation = int_field(h, 'generation', nil)
   S.version = int_field(h, 'version', nil)
   S.rr = int_field(h, 'rr', 0)
@@ -299,7 +300,8 @@ local function new_state()
              epoch = nil, generation = nil, version = nil, rr = nil, skip_until = nil, created_at = nil,
              strategy = nil, active = nil, exhausted = nil, probe = nil, digest = nil, members_csv = nil,
              weights_csv = nil, old_checked = nil, old_index = nil, mlen = nil, wlen = nil, first = nil,
-             fast = nil, dirty_before = nil, problem = nil, bless = nil, failed = nil, foreign = nil}
+             fast = nil, dirty_before = nil, problem = nil, bless = nil, failed = nil, foreign = nil,
+             generation_read = nil, parks = nil, cools = nil}
   setmetatable(S, LAZY_STATE)
   return S
 end
@@ -462,6 +464,13 @@ end
 
 local function set_member(S, id, suffix, value)
   local field = id .. ':' .. suffix
+  -- What commit's decisive() asks of a member's fields: was a deadline written, and whose.
+  if suffix == 'parked_until' then
+    S.parks = true
+  elseif suffix == 'cooling_until' then
+    S.cools = S.cools or {}
+    S.cools[id] = true
+  end
   if value == nil or value == '' or value == 0 then
     S.del[field] = true
     S.set[field] = nil
