@@ -45,8 +45,8 @@ if not has_member(S, id) then return redis.error_reply('COORD_UNKNOWN_MEMBER ' .
 local m = S.m[id]
 local out = {member = id, kind = kind, stale = false, cooled = false, transitioned = false}
 
-local function finish()
-  commit(S)
+local function finish(committed)
+  if not committed then commit(S) end
   out['until'] = m.cooling_until > S.now and m.cooling_until or 0
   out.failures = m.failures
   return reply(S, out)
@@ -98,9 +98,10 @@ end
 if m.failures > 0 and served > 0 and served + grace > m.failed_at then m.failures = 0 end
 m.failures = m.failures + 1
 if m.failures < threshold then
+  out.counted = true
+  if commit_count(S, id, m) then return finish(true) end
   set_member(S, id, 'failures', m.failures)
   set_member(S, id, 'failed_at', S.now)
-  out.counted = true
   return finish()
 end
 

@@ -208,6 +208,22 @@ local function commit(S)
   end
 end
 
+-- A write that only counts a transient failure of member `id` (docs/design.md, "Failure counts"),
+-- the fleet's most common write: its `failures` and `failed_at` and nothing else, one ACL check and
+-- one HSET. Taken only where commit() would write just these two fields: on a state the stamp vouched
+-- for (load_fast) that nothing else in this call changed (the version and generation stay, so does
+-- the stamp), and whose index this count does not change (the member was in it already, and no
+-- member fell out of it by time). Returns false when the caller must take commit().
+local function commit_count(S, id, m)
+  if S.changed or not S.fast or tostring(S.generation) ~= S.generation_read or index_of(S) ~= S.old_index then
+    return false
+  end
+  S.failed = check_acl_for(true, false)
+  if S.failed then return true end
+  redis.call('HSET', KEYS[1], id .. ':failures', tostring(m.failures), id .. ':failed_at', tostring(S.now))
+  return true
+end
+
 -- Reply common to every script; `extra` holds the script's own fields.
 local function reply(S, extra)
   if S.failed then return S.failed end

@@ -5,6 +5,7 @@ Everything is proved by what Redis saw (INFO commandstats, the hash, the channel
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -211,4 +212,74 @@ def test_a_failure_on_the_happy_path_is_carried_on_by_the_plan(redis_url, raw):
     assert coord.call("p", fn) == "k1"
     assert tried == ["k0", "k1"], "one attempt each: the happy path's attempt was not repeated"
     assert raw.hget(f"{p}:{{p}}", "active") == "k1" and raw.hget(f"{p}:{{p}}", "k0:cooling_until")
+    coord.close()
+
+
+def _count_config() -> co.PoolConfig:
+    return pool_config(3, cooldown=co.CooldownPolicy(transient_threshold=9))
+
+
+def _strip_times(state: dict[str, str]) -> dict[str, str]:
+    return {f: ("<ms>" if f.endswith(":failed_at") else v) for f, v in state.items()}
+
+
+def test_a_count_on_a_stamped_state_writes_what_the_full_path_writes(redis_url, raw):
+    # The count-only write (lib/commit.lua, commit_count) against the generic commit on the same state:
+    # p1 keeps its stamp (the fast path), p2 lost it (the full path, stamped in place).
+    p1, p2 = prefix(), prefix()
+    one = co.Coordinator(redis_url, [_count_config()], prefix=p1, staleness=0, legacy_notices=False)
+    pool1 = one.pool("p")
+    pool1.report_failure(pool1.acquire(), "transient")  # k0 joins the index
+    raw.hset(f"{p2}:{{p}}", mapping=raw.hgetall(f"{p1}:{{p}}"))
+    two = co.Coordinator(redis_url, [_count_config()], prefix=p2, staleness=0, legacy_notices=False)
+    pool2 = two.pool("p")
+    results = []
+    for pool, p in ((pool1, p1), (pool2, p2)):
+        sel = pool.acquire()
+        if p == p2:
+            raw.hdel(f"{p}:{{p}}", "checked")
+        raw.config_resetstat()
+        result = pool.report_failure(sel, "transient")
+        results.append(dataclasses.replace(result, now=0.0))
+        assert calls(raw).get("hgetall") == (1 if p == p2 else None)
+    assert results[0] == results[1] and results[0].failures == 2 and not results[0].transitioned
+    assert _strip_times(raw.hgetall(f"{p1}:{{p}}")) == _strip_times(raw.hgetall(f"{p2}:{{p}}"))
+    one.close()
+    two.close()
+
+
+def test_a_count_that_changes_the_index_takes_the_full_write(redis_url, raw):
+    p = prefix()
+    coord = co.Coordinator(redis_url, [_count_config()], prefix=p, staleness=0, legacy_notices=False)
+    pool = coord.pool("p")
+    key = f"{p}:{{p}}"
+    sel = pool.acquire()
+    pool.report_failure(sel, "transient")
+    version, checked = raw.hget(key, "version"), raw.hget(key, "checked")
+    # A member that was in its default state joins the index.
+    k1 = dataclasses.replace(sel, member=_count_config().members[1])
+    assert pool.report_failure(k1, "transient").failures == 1
+    assert raw.hget(key, "nondefault") == "k0,k1" and raw.hget(key, "k1:failures") == "1"
+    # One whose cooldown ended more than a day ago (and has nothing else) leaves it at the next write.
+    raw.hdel(key, "k1:failures", "k1:failed_at")
+    raw.hset(key, "k1:cooling_until", int(sel.now * 1000) - 2 * 86400000)
+    assert pool.report_failure(sel, "transient").failures == 2
+    assert raw.hget(key, "nondefault") == "k0"
+    assert (raw.hget(key, "version"), raw.hget(key, "checked")) == (version, checked), "a count keeps both"
+    coord.close()
+
+
+def test_a_count_on_a_stamped_state_still_finds_an_unreadable_member_field(redis_url, raw):
+    p = prefix()
+    coord = co.Coordinator(redis_url, [_count_config()], prefix=p, staleness=0, legacy_notices=False)
+    pool = coord.pool("p")
+    key = f"{p}:{{p}}"
+    pool.report_failure(pool.acquire(), "transient")
+    raw.hset(key, "k0:failed_at", "soon")  # tolerated: only ever restarts a count
+    assert pool.report_failure(pool.acquire(), "transient").failures == 2
+    raw.hset(key, "k0:failures", "2x")
+    result = pool.report_failure(pool.acquire(), "transient")
+    state = raw.hgetall(key)
+    assert state["healed"].endswith("field k0:failures is not an integer"), state.get("healed")
+    assert result.failures == 1 and state["k0:failures"] == "1"
     coord.close()
