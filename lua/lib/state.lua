@@ -294,14 +294,7 @@ local function read_header(S, h)
 end
 
 local function new_state()
-  -- Every field a call may set is named here, so the table is sized once (a nil field costs no
-  -- memory, a table that grows is copied at each power of two).
-  local S = {now = now_ms(), set = {}, del = {}, events = {}, changed = false, created = false, m = {}, index = {},
-             epoch = nil, generation = nil, version = nil, rr = nil, skip_until = nil, created_at = nil,
-             strategy = nil, active = nil, exhausted = nil, probe = nil, digest = nil, members_csv = nil,
-             weights_csv = nil, old_checked = nil, old_index = nil, mlen = nil, wlen = nil, first = nil,
-             fast = nil, dirty_before = nil, problem = nil, bless = nil, failed = nil, foreign = nil,
-             generation_read = nil, parks = nil, cools = nil}
+  local S = {now = now_ms(), set = {}, del = {}, events = {}, changed = false, created = false, m = {}, index = {}}
   setmetatable(S, LAZY_STATE)
   return S
 end
