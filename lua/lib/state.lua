@@ -97,6 +97,7 @@ local function split_csv(s)
   return out
 end
 
+-- parse_member takes a member's values in this order.
 local MEMBER_SUFFIXES = {':cooling_until', ':failures', ':ejections', ':parked_until', ':park_reason',
                          ':cooling_kind', ':failed_at'}
 
