@@ -131,7 +131,12 @@ class HappyPath:
             if known is None or known[0] != secret:  # read every time: the environment may change
                 value = f"Bearer {secret}" if found.bearer else secret
                 known = self._values[id(member)] = (secret, found.auth.encode("utf-8"), value.encode("utf-8"))
-            _set_credential(headers._list, names, hits, known[1], known[2])
+            auth = known[1]
+            if auth not in _DROPPED and auth in names:
+                # A pool's own credential header (not one of CREDENTIAL_HEADERS) that the caller sent too:
+                # the member's takes its place, as ``Headers.__setitem__`` on the generic path does.
+                hits = hits | {auth}
+            _set_credential(headers._list, names, hits, auth, known[2])
         elif hits:
             headers._list = [item for item in items if item[1] not in hits]
         request.headers = headers
