@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 import coordinator as co
+from coordinator.testing import FakeUpstream
 
 SECRETS = ["sk-secret-aaaa1111", "sk-secret-bbbb2222", "sk-secret-cccc3333"]
 BODY = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
@@ -132,10 +133,10 @@ class Rig:
         await self.coord.aclose()
 
 
-def no_secret(*texts: object) -> bool:
+def no_secret(*texts: object, secrets: list[str] = SECRETS) -> bool:
     """No member's secret in any of ``texts`` (headers are read raw: their repr masks credentials)."""
     shown = [str(list(text.raw)) if isinstance(text, httpx.Headers) else str(text) for text in texts]
-    return not any(secret in text for text in shown for secret in SECRETS)
+    return not any(secret in text for text in shown for secret in secrets)
 
 
 # -- headers ---------------------------------------------------------------------------------------
@@ -641,3 +642,80 @@ def test_per_request_pools_take_the_generic_path_and_are_never_forwarded(happy, 
     assert not any(key.lower() == b"x-coordinator-pools" for key, _ in rig.inner.sent[-1]["headers"])
     assert rig.taken == [False]
     rig.close()
+
+
+# -- the real SDKs ---------------------------------------------------------------------------------
+
+
+class Recording:
+    """Wraps the SDK's HTTP library's own transport; keeps each request's headers as sent."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.sent: list[list[tuple[bytes, bytes]]] = []
+
+    def handle_request(self, request: Any) -> Any:
+        self.sent.append(list(request.headers.raw))
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
+def test_the_sdks_requests_are_sent_alike_on_both_paths(sdk, stream):
+    import anthropic
+    import anthropic._base_client
+    import openai
+    import openai._base_client
+
+    module = openai if sdk == "openai" else anthropic
+    lib = getattr(module._base_client, "httpx2", None) or httpx
+    keys = ["sk-test-aaaa1111", "sk-test-bbbb2222"]
+
+    def run(happy: bool) -> tuple[Any, ...]:
+        with FakeUpstream({key: "ok" for key in keys}) as upstream:
+            cfg = pool_config(secrets=keys, auth_header="authorization" if sdk == "openai" else "x-api-key")
+            coord = co.Coordinator(f"memory://{uuid.uuid4().hex}", [cfg], prefix="sdk")
+            inner = Recording(lib.HTTPTransport())
+            transport = coord.transport("p", inner=inner)
+            if not happy:
+                transport._happy.name = None
+            taken = spy(transport)
+            http = lib.Client(transport=transport)
+            if sdk == "openai":
+                client: Any = openai.OpenAI(api_key="unused", base_url=upstream.url + "/v1", max_retries=0,
+                                            http_client=http)
+
+                def ask() -> Any:
+                    return client.chat.completions.with_raw_response.create(
+                        model="gpt-test", messages=[{"role": "user", "content": "hi"}], stream=stream,
+                        extra_headers={"X-Api-Key": "also", "api-key": "more"})
+            else:
+                client = anthropic.Anthropic(api_key="unused", base_url=upstream.url, max_retries=0, http_client=http)
+
+                def ask() -> Any:
+                    return client.messages.with_raw_response.create(
+                        model="claude-test", max_tokens=10, messages=[{"role": "user", "content": "x"}],
+                        stream=stream, extra_headers={"Authorization": "Bearer also"})
+            deadline = time.monotonic() + 10
+            while True:
+                raw = ask()
+                raw.http_response.read()
+                if not happy or taken[-1] or time.monotonic() > deadline:
+                    break
+            raw = ask()
+            raw.http_response.read()
+            request = raw.http_response.request
+            seen = ([(k.lower(), v) for k, v in inner.sent[-1]
+                     if k.lower() not in (b"host", b"x-stainless-retry-count", b"x-stainless-read-timeout")],
+                    raw.http_response.extensions["coordinator"], no_secret(request.headers, secrets=keys),
+                    [k.lower() for k, _ in request.headers.raw], taken[-1])
+            http.close()
+            coord.close()
+            return seen
+
+    fast, generic = run(True), run(False)
+    assert fast[-1] is True and generic[-1] is False
+    assert fast[:-1] == generic[:-1]
