@@ -719,3 +719,60 @@ def test_the_sdks_requests_are_sent_alike_on_both_paths(sdk, stream):
     fast, generic = run(True), run(False)
     assert fast[-1] is True and generic[-1] is False
     assert fast[:-1] == generic[:-1]
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["threads", "tasks"])
+def test_concurrent_hand_overs_each_send_one_credential_and_restore_the_callers_headers(is_async):
+    bad = f"Bearer {SECRETS[0]}"
+    flaky = pool_config(attempts_per_member=1, cooldown=co.CooldownPolicy(min=0.001, transient_threshold=1000))
+
+    def script(request: httpx.Request, n: int) -> httpx.Response:
+        sent = [value.decode() for key, value in request.headers.raw if key.lower() == b"authorization"]
+        status = 500 if sent == [bad] and n % 2 else 200
+        return httpx.Response(status, json={"sent": sent}, request=request)
+
+    def check(request: httpx.Request, before: list[Any], response: httpx.Response) -> None:
+        info = response.extensions["coordinator"]
+        assert response.status_code == 200, info
+        assert response.json()["sent"] == [f"Bearer {SECRETS[int(info['member'][-1]) - 1]}"]
+        assert list(request.headers.raw) == before
+
+    if is_async:
+        async def main() -> None:
+            rig = Rig(True, [flaky], is_async=True)
+            await rig.awarm()
+            rig.inner.script = script
+
+            async def one() -> None:
+                request = rig.aclient.build_request("POST", URL, json=BODY)
+                before = list(request.headers.raw)
+                check(request, before, await rig.aclient.send(request))
+
+            await asyncio.gather(*[one() for _ in range(300)])
+            assert any(rig.taken)
+            await rig.aclose()
+
+        asyncio.run(main())
+        return
+    rig = Rig(True, [flaky])
+    rig.warm()
+    rig.inner.script = script
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(30):
+                request = rig.client.build_request("POST", URL, json=BODY)
+                before = list(request.headers.raw)
+                check(request, before, rig.client.send(request))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:1]
+    assert any(rig.taken)
+    rig.close()
