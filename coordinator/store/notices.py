@@ -127,6 +127,8 @@ class NoticeListener:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        #: The subscription the thread reads, for ``close`` to cut short a read waiting up to POLL.
+        self._pubsub: Any = None
 
     def ensure_started(self) -> None:
         if self._thread is None:
@@ -141,7 +143,9 @@ class NoticeListener:
         while not self._stop.is_set():
             pubsub = None
             try:
-                pubsub = self._client.pubsub()
+                pubsub = self._pubsub = self._client.pubsub()
+                if self._stop.is_set():  # closed while it was being made: close() did not see it
+                    break
                 if state.sharded:
                     pubsub.ssubscribe(*state.channels)
                     read = pubsub.get_sharded_message
@@ -167,6 +171,12 @@ class NoticeListener:
     def close(self, timeout: float = POLL * 4) -> None:
         """Stops the thread, waiting at most ``timeout`` seconds (it is a daemon: it dies with the process)."""
         self._stop.set()
+        connection = getattr(self._pubsub, "connection", None)
+        if connection is not None:
+            # Disconnecting ends the read the thread is waiting in (up to POLL) at once; the thread
+            # sees the stop and leaves. Whatever the interrupted read raises is the thread's to ignore.
+            with contextlib.suppress(Exception):
+                connection.disconnect()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
         self.state.stopped()

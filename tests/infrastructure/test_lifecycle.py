@@ -70,6 +70,28 @@ def test_aclose_is_bounded_and_asyncio_run_never_hangs(redis_url: str, prefix: s
         assert not thread.is_alive(), "asyncio.run() hung on a coordinator left open"
 
 
+@pytest.mark.parametrize("where", ["redis", "memory"])
+def test_close_ends_the_listener_at_once_not_after_its_read(redis_url: str, prefix: str, where: str) -> None:
+    # The listener thread waits up to POLL (0.5 s) for a notice; close() cuts that read short, so a
+    # worker, a CLI command or a test that closes its coordinator does not wait for it.
+    from coordinator.store.notices import POLL
+
+    url = redis_url if where == "redis" else f"memory://{uuid.uuid4().hex}"
+    for _ in range(5):
+        coord = co.Coordinator(url, [cfg()], prefix=prefix)
+        coord.pool("p").acquire()  # starts the listener
+        listener = coord._listener
+        assert listener is not None
+        wait_for(listener.state.subscribed.is_set)
+        thread = listener._thread
+        assert thread is not None and thread.is_alive()
+        started = time.monotonic()
+        coord.close()
+        took = time.monotonic() - started
+        assert not thread.is_alive(), "the listener thread outlived close()"
+        assert took < POLL, f"close() took {took:.3f}s: it waited for the listener's read"
+
+
 def test_a_cancelled_probe_gives_its_lease_back(redis_url: str, prefix: str) -> None:
     policy = co.CooldownPolicy(rate_limited=0.05, min=0.001)
 
