@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from test_transport_happy import spy
 
 import coordinator as co
 
@@ -58,19 +59,6 @@ def pool_config(name: str = "p", secrets: list[str] = SECRETS, **kwargs: Any) ->
     kwargs.setdefault("backoff_base", 0.001)
     kwargs.setdefault("backoff_cap", 0.002)
     return co.PoolConfig(name=name, members=members, **kwargs)
-
-
-def spy(transport: Any) -> list[bool]:
-    taken: list[bool] = []
-    begin = transport._happy.begin
-
-    def begin_and_note(request: Any, lib: Any) -> Any:
-        fast = begin(request, lib)
-        taken.append(fast is not None)
-        return fast
-
-    transport._happy.begin = begin_and_note
-    return taken
 
 
 class Rig:

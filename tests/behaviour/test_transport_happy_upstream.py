@@ -11,11 +11,13 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from test_transport_happy_review import BODY, SECRETS, URL, Rig, Script, no_secret, pool_config, spy
+from test_transport_happy import spy
+from test_transport_happy_review import BODY, SECRETS, URL, Rig, Script, no_secret, pool_config
 
 import coordinator as co
 from coordinator.testing import FakeUpstream
@@ -149,27 +151,37 @@ def check_echo(request: httpx.Request, before: list[Any], response: httpx.Respon
     return member
 
 
-def test_many_threads_share_one_sync_transport():
-    rig = Rig(True, [pool_config(strategy="round_robin")], client_headers={"x-api-key": "unused"})
-    rig.warm()
-    rig.inner.script = echo
+def in_threads(work: Callable[[], None], count: int) -> list[BaseException]:
+    """Runs ``work`` in ``count`` threads at once and waits for them; what any of them raised."""
     errors: list[BaseException] = []
-    members: list[str] = []
 
-    def work() -> None:
+    def run() -> None:
         try:
-            for _ in range(60):
-                request = rig.client.build_request("POST", URL, json=BODY)
-                before = list(request.headers.raw)
-                members.append(check_echo(request, before, rig.client.send(request)))
-        except BaseException as exc:  # pragma: no cover - reported below
+            work()
+        except BaseException as exc:  # pragma: no cover - reported by the caller
             errors.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(12)]
+    threads = [threading.Thread(target=run) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return errors
+
+
+def test_many_threads_share_one_sync_transport():
+    rig = Rig(True, [pool_config(strategy="round_robin")], client_headers={"x-api-key": "unused"})
+    rig.warm()
+    rig.inner.script = echo
+    members: list[str] = []
+
+    def work() -> None:
+        for _ in range(60):
+            request = rig.client.build_request("POST", URL, json=BODY)
+            before = list(request.headers.raw)
+            members.append(check_echo(request, before, rig.client.send(request)))
+
+    errors = in_threads(work, 12)
     assert not errors, errors[:1]
     assert len(members) == 720 and set(members) == {"p-1", "p-2", "p-3"}
     assert sum(rig.taken) > 600, "most requests took the happy path"
@@ -397,22 +409,13 @@ def test_concurrent_hand_overs_each_send_one_credential_and_restore_the_callers_
     rig = Rig(True, [flaky])
     rig.warm()
     rig.inner.script = script
-    errors: list[BaseException] = []
-
     def work() -> None:
-        try:
-            for _ in range(30):
-                request = rig.client.build_request("POST", URL, json=BODY)
-                before = list(request.headers.raw)
-                check(request, before, rig.client.send(request))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for _ in range(30):
+            request = rig.client.build_request("POST", URL, json=BODY)
+            before = list(request.headers.raw)
+            check(request, before, rig.client.send(request))
 
-    threads = [threading.Thread(target=work) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = in_threads(work, 10)
     assert not errors, errors[:1]
     assert any(rig.taken)
     rig.close()
